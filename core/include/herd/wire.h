@@ -1,0 +1,156 @@
+/* herd — ZeroMQ multipart frames and the Jupyter "Session" wire format.
+ *
+ * A message on the wire is:
+ *   [routing ids...] "<IDS|MSG>" signature header parent_header metadata content [buffers...]
+ * Relays keep frames untouched (signatures stay valid); only messages the controller
+ * builds itself are serialised and signed here.
+ */
+#pragma once
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+G_BEGIN_DECLS
+
+#define HERD_DELIM "<IDS|MSG>"
+#define HERD_DELIM_LEN 9
+#define HERD_PROTOCOL_VERSION "5.3"
+
+/* Frame offsets relative to the delimiter. */
+enum {
+    HERD_WIRE_SIG = 1,
+    HERD_WIRE_HEADER = 2,
+    HERD_WIRE_PARENT = 3,
+    HERD_WIRE_METADATA = 4,
+    HERD_WIRE_CONTENT = 5,
+    HERD_WIRE_BUFFERS = 6,
+};
+
+/* An owned list of zmq frames. */
+typedef struct HerdFrames {
+    zmq_msg_t *frames;
+    guint n;
+    guint cap;
+    gint delim; /* index of the first "<IDS|MSG>" frame, -1 when absent */
+} HerdFrames;
+
+typedef struct HerdBytes {
+    const char *data; /* NULL means "{}" where a JSON object is expected */
+    gsize len;
+} HerdBytes;
+
+#define HERD_BYTES_NULL ((HerdBytes){ NULL, 0 })
+#define HERD_BYTES_STR(s) ((HerdBytes){ (s), strlen(s) })
+
+void herd_frames_init(HerdFrames *f);
+/* Close every frame; f stays usable (empty). */
+void herd_frames_clear(HerdFrames *f);
+/* Receive one whole multipart message (appended to f, which should be empty); finds the
+ * delimiter. Returns 0, or -1 with errno set (EAGAIN with ZMQ_DONTWAIT). */
+int herd_frames_recv(void *sock, HerdFrames *f, int flags);
+/* Send every frame; on success f is left empty. Returns 0 or -1 with errno. */
+int herd_frames_send(void *sock, HerdFrames *f);
+void herd_frames_push(HerdFrames *f, const void *data, gsize len);         /* copy */
+void herd_frames_push_take(HerdFrames *f, char *data, gsize len);          /* takes g_malloc'd data */
+void herd_frames_push_msg(HerdFrames *f, zmq_msg_t *m);                    /* moves m */
+void herd_frames_push_frame_copy(HerdFrames *f, const HerdFrames *src, guint i); /* zero-copy ref */
+void herd_frames_insert(HerdFrames *f, guint at, const void *data, gsize len);
+void herd_frames_remove(HerdFrames *f, guint at);
+void herd_frames_swap(HerdFrames *f, guint a, guint b);
+/* Deep structural copy (frames are reference-counted by zmq, so this is cheap). */
+void herd_frames_copy(HerdFrames *dst, const HerdFrames *src);
+/* Re-scan for the delimiter (after inserting/removing frames). */
+void herd_frames_find_delim(HerdFrames *f);
+
+static inline const char *herd_frame_data(const HerdFrames *f, guint i)
+{
+    return (const char *)zmq_msg_data((zmq_msg_t *)&f->frames[i]);
+}
+static inline gsize herd_frame_size(const HerdFrames *f, guint i)
+{
+    return zmq_msg_size((zmq_msg_t *)&f->frames[i]);
+}
+static inline HerdBytes herd_frame_bytes(const HerdFrames *f, guint i)
+{
+    return (HerdBytes){ herd_frame_data(f, i), herd_frame_size(f, i) };
+}
+/* True when f has a delimiter followed by at least signature + 4 JSON frames. */
+static inline bool herd_frames_is_wire(const HerdFrames *f)
+{
+    return f->delim >= 0 && f->n >= (guint)f->delim + HERD_WIRE_BUFFERS;
+}
+/* Frame index of a wire part, e.g. herd_wire(f, HERD_WIRE_HEADER). */
+static inline guint herd_wire(const HerdFrames *f, guint part)
+{
+    return (guint)f->delim + part;
+}
+
+/* ---- Session: signing, verification, ids, message building ---- */
+
+typedef struct HerdSession HerdSession;
+
+typedef enum {
+    HERD_VERIFY_OK = 0,
+    HERD_VERIFY_MALFORMED, /* no delimiter or too few frames */
+    HERD_VERIFY_UNSIGNED,  /* empty signature while a key is set */
+    HERD_VERIFY_INVALID,   /* HMAC mismatch */
+    HERD_VERIFY_REPLAYED,  /* signature already seen by this session */
+} HerdVerify;
+
+/* key may be empty (signing off). scheme must be "hmac-sha256". username NULL = $USER. */
+HerdSession *herd_session_new(const char *key, const char *scheme, const char *username, GError **err);
+void herd_session_free(HerdSession *s);
+const char *herd_session_id(const HerdSession *s);
+const char *herd_session_key(const HerdSession *s);
+/* Fresh unique msg_id "<session>_<pid>_<counter>"; caller frees. */
+char *herd_session_msg_id(HerdSession *s);
+/* Generate a random key / session id in the format Python uses (8hex-24hex); caller frees. */
+char *herd_new_uuid(void);
+/* Lower-case hex HMAC-SHA256 over the four JSON parts; out must hold 65 bytes. With an
+ * empty key writes "". */
+void herd_session_sign(const HerdSession *s, HerdBytes header, HerdBytes parent, HerdBytes metadata,
+                       HerdBytes content, char out[65]);
+/* Check the signature (constant time) and the replay history; remembers verified digests. */
+HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f);
+const char *herd_verify_str(HerdVerify v);
+/* Recompute the signature frame of f in place (after rewriting JSON parts). */
+void herd_session_resign(const HerdSession *s, HerdFrames *f);
+/* Append DELIM, signature, a fresh header for msg_type, parent (raw bytes; NULL = {}),
+ * metadata and content (serialised JSON; NULL = {}). Returns the new msg_id (caller frees,
+ * or pass msg_id_out NULL). */
+void herd_session_build(HerdSession *s, HerdFrames *out, const char *msg_type, HerdBytes parent,
+                        HerdBytes metadata, HerdBytes content, char **msg_id_out);
+/* Same, content given as a JsonNode (object). */
+void herd_session_build_node(HerdSession *s, HerdFrames *out, const char *msg_type, HerdBytes parent,
+                             JsonNode *metadata, JsonNode *content, char **msg_id_out);
+/* A fresh header JSON for msg_type (serialised); caller frees. */
+char *herd_session_header(HerdSession *s, const char *msg_type, char **msg_id_out);
+
+/* ---- JSON and dates ---- */
+
+/* Parse bytes that must hold a JSON object; NULL with err otherwise. Caller unrefs. */
+JsonNode *herd_json_parse_object(HerdBytes b, GError **err);
+/* Compact serialisation; caller frees. */
+char *herd_json_to_string(JsonNode *node, gsize *len);
+/* Shortcuts for reading members; NULL / default when absent or of another type. */
+const char *herd_json_str(JsonObject *o, const char *member);
+gint64 herd_json_int(JsonObject *o, const char *member, gint64 dflt);
+gboolean herd_json_bool(JsonObject *o, const char *member, gboolean dflt);
+double herd_json_double(JsonObject *o, const char *member, double dflt);
+
+/* ISO-8601 UTC as the Python peers write it: YYYY-MM-DDTHH:MM:SS[.ffffff]Z (microseconds
+ * omitted when zero). buf must hold HERD_ISO_LEN bytes. */
+#define HERD_ISO_LEN 32
+void herd_iso_format(gint64 unix_usec, char buf[HERD_ISO_LEN]);
+void herd_iso_now(char buf[HERD_ISO_LEN]);
+/* Accepts what Python's date parser accepts (fractions of 1..6 digits, Z or +hh:mm). */
+gboolean herd_iso_parse(const char *s, gint64 *unix_usec);
+
+/* Error content (wrapped exception), engine_info {}: a JSON object node; caller unrefs. */
+JsonNode *herd_error_content(const char *ename, const char *evalue);
+
+G_END_DECLS
