@@ -1,1 +1,350 @@
-/* herd — placeholder, being written */
+/* herd — the Jupyter "Session": HMAC-SHA256 signing and verification (libsodium), replay
+ * refusal, ids, and building the messages the controller sends itself.
+ */
+#include "herd/wire.h"
+
+#include <errno.h>
+#include <sodium.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Same cap as jupyter_client's Session.digest_history_size. */
+#define DIGEST_HISTORY_CAP 65536
+
+#define DIGEST_LEN crypto_auth_hmacsha256_BYTES /* 32 */
+#define DIGEST_HEX_LEN (2 * DIGEST_LEN)        /* 64 */
+
+struct HerdSession {
+    char *key;
+    gsize key_len;
+    char *id;
+    char *username;
+    long pid;
+    guint64 counter; /* msg_id counter, atomically incremented */
+    /* HMAC state already keyed: each signature starts from a copy of it, so the key
+     * schedule is computed once per session instead of once per message. */
+    crypto_auth_hmacsha256_state keyed;
+    /* Digests (DIGEST_LEN bytes, owned) of messages that verified. */
+    GHashTable *history;
+};
+
+static gboolean signing_on(const HerdSession *s)
+{
+    return s->key_len > 0;
+}
+
+static void ensure_sodium(void)
+{
+    if (sodium_init() < 0)
+        g_error("libsodium failed to initialise");
+}
+
+/* HMAC digests are uniformly random, so their first bytes already make a good hash. */
+static guint digest_hash(gconstpointer d)
+{
+    guint h;
+    memcpy(&h, d, sizeof h);
+    return h;
+}
+
+static gboolean digest_equal(gconstpointer a, gconstpointer b)
+{
+    return memcmp(a, b, DIGEST_LEN) == 0;
+}
+
+char *herd_new_uuid(void)
+{
+    ensure_sodium();
+    unsigned char raw[16];
+    randombytes_buf(raw, sizeof raw);
+    /* Python: 4 bytes as hex, '-', the other 12 bytes as hex. */
+    char *out = g_malloc(8 + 1 + 24 + 1);
+    sodium_bin2hex(out, 9, raw, 4);
+    out[8] = '-';
+    sodium_bin2hex(out + 9, 25, raw + 4, 12);
+    return out;
+}
+
+static char *default_username(void)
+{
+    const char *user = g_getenv("USER");
+    return g_strdup(user && *user ? user : "username");
+}
+
+HerdSession *herd_session_new(const char *key, const char *scheme, const char *username, GError **err)
+{
+    if (scheme != NULL && strcmp(scheme, "hmac-sha256") != 0) {
+        g_set_error(err, HERD_WIRE_ERROR, HERD_WIRE_ERROR_SCHEME,
+                    "unsupported signature scheme \"%s\": only hmac-sha256 is supported", scheme);
+        return NULL;
+    }
+    ensure_sodium();
+    HerdSession *s = g_new0(HerdSession, 1);
+    s->key = g_strdup(key ? key : "");
+    s->key_len = strlen(s->key);
+    s->id = herd_new_uuid();
+    s->username = username && *username ? g_strdup(username) : default_username();
+    s->pid = (long)getpid();
+    crypto_auth_hmacsha256_init(&s->keyed, (const unsigned char *)s->key, s->key_len);
+    s->history = g_hash_table_new_full(digest_hash, digest_equal, g_free, NULL);
+    return s;
+}
+
+void herd_session_free(HerdSession *s)
+{
+    if (s == NULL)
+        return;
+    sodium_memzero(s->key, s->key_len);
+    sodium_memzero(&s->keyed, sizeof s->keyed);
+    g_free(s->key);
+    g_free(s->id);
+    g_free(s->username);
+    g_hash_table_destroy(s->history);
+    g_free(s);
+}
+
+const char *herd_session_id(const HerdSession *s)
+{
+    return s->id;
+}
+
+const char *herd_session_key(const HerdSession *s)
+{
+    return s->key;
+}
+
+guint herd_session_history_size(const HerdSession *s)
+{
+    return g_hash_table_size(s->history);
+}
+
+char *herd_session_msg_id(HerdSession *s)
+{
+    guint64 n = __atomic_fetch_add(&s->counter, 1, __ATOMIC_RELAXED);
+    return g_strdup_printf("%s_%ld_%" G_GUINT64_FORMAT, s->id, s->pid, n);
+}
+
+/* ---- signing ---- */
+
+static void hmac_feed(crypto_auth_hmacsha256_state *st, HerdBytes b)
+{
+    if (b.data == NULL)
+        crypto_auth_hmacsha256_update(st, (const unsigned char *)"{}", 2);
+    else
+        crypto_auth_hmacsha256_update(st, (const unsigned char *)b.data, b.len);
+}
+
+static void compute_digest(const HerdSession *s, HerdBytes header, HerdBytes parent, HerdBytes metadata,
+                           HerdBytes content, unsigned char digest[DIGEST_LEN])
+{
+    crypto_auth_hmacsha256_state st = s->keyed;
+    hmac_feed(&st, header);
+    hmac_feed(&st, parent);
+    hmac_feed(&st, metadata);
+    hmac_feed(&st, content);
+    crypto_auth_hmacsha256_final(&st, digest);
+    sodium_memzero(&st, sizeof st);
+}
+
+void herd_session_sign(const HerdSession *s, HerdBytes header, HerdBytes parent, HerdBytes metadata,
+                       HerdBytes content, char out[65])
+{
+    if (!signing_on(s)) {
+        out[0] = '\0';
+        return;
+    }
+    unsigned char digest[DIGEST_LEN];
+    compute_digest(s, header, parent, metadata, content, digest);
+    sodium_bin2hex(out, DIGEST_HEX_LEN + 1, digest, DIGEST_LEN); /* lower-case, NUL-terminated */
+}
+
+static void sign_frames(const HerdSession *s, const HerdFrames *f, char out[65])
+{
+    herd_session_sign(s, herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)),
+                      herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)),
+                      herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)),
+                      herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), out);
+}
+
+/* ---- verification and replay refusal ---- */
+
+/* Forget about a tenth of the history (at least enough to get back under the cap), as
+ * jupyter_client does. Which entries go does not matter: GHashTable iterates in hash
+ * order, and the hashes are HMAC bytes, so this drops an unpredictable subset. */
+static void history_cull(HerdSession *s)
+{
+    guint size = g_hash_table_size(s->history);
+    guint to_drop = MAX(size / 10, size - DIGEST_HISTORY_CAP);
+    GHashTableIter it;
+    g_hash_table_iter_init(&it, s->history);
+    while (to_drop > 0 && g_hash_table_iter_next(&it, NULL, NULL)) {
+        g_hash_table_iter_remove(&it);
+        to_drop--;
+    }
+}
+
+static void history_remember(HerdSession *s, const unsigned char digest[DIGEST_LEN])
+{
+    g_hash_table_add(s->history, g_memdup2(digest, DIGEST_LEN));
+    if (g_hash_table_size(s->history) > DIGEST_HISTORY_CAP)
+        history_cull(s);
+}
+
+HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f)
+{
+    if (!herd_frames_is_wire(f))
+        return HERD_VERIFY_MALFORMED;
+    if (!signing_on(s))
+        return HERD_VERIFY_OK;
+
+    guint sig = herd_wire(f, HERD_WIRE_SIG);
+    gsize sig_len = herd_frame_size(f, sig);
+    if (sig_len == 0)
+        return HERD_VERIFY_UNSIGNED;
+
+    unsigned char digest[DIGEST_LEN];
+    compute_digest(s, herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)),
+                   herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)),
+                   herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)),
+                   herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), digest);
+    char expected[DIGEST_HEX_LEN + 1];
+    sodium_bin2hex(expected, sizeof expected, digest, DIGEST_LEN);
+
+    /* The length is public (always 64); the bytes are compared in constant time. The
+     * frame is compared as text, as Python does, so only lower-case hex matches. */
+    if (sig_len != DIGEST_HEX_LEN || sodium_memcmp(herd_frame_data(f, sig), expected, DIGEST_HEX_LEN) != 0)
+        return HERD_VERIFY_INVALID;
+
+    /* Only digests that verified are remembered: a forged signature must not be able to
+     * make a later genuine message look like a replay. */
+    if (g_hash_table_contains(s->history, digest))
+        return HERD_VERIFY_REPLAYED;
+    history_remember(s, digest);
+    return HERD_VERIFY_OK;
+}
+
+const char *herd_verify_str(HerdVerify v)
+{
+    switch (v) {
+    case HERD_VERIFY_OK:
+        return "ok";
+    case HERD_VERIFY_MALFORMED:
+        return "malformed message (no delimiter or too few frames)";
+    case HERD_VERIFY_UNSIGNED:
+        return "unsigned message";
+    case HERD_VERIFY_INVALID:
+        return "invalid signature";
+    case HERD_VERIFY_REPLAYED:
+        return "duplicate signature (replayed message)";
+    }
+    return "unknown verification result";
+}
+
+static void replace_frame(HerdFrames *f, guint i, const void *data, gsize len)
+{
+    zmq_msg_t *m = &f->frames[i];
+    zmq_msg_close(m);
+    if (zmq_msg_init_size(m, len) != 0)
+        g_error("zmq_msg_init_size: %s", zmq_strerror(errno));
+    if (len)
+        memcpy(zmq_msg_data(m), data, len);
+}
+
+void herd_session_resign(const HerdSession *s, HerdFrames *f)
+{
+    g_return_if_fail(herd_frames_is_wire(f));
+    char sig[DIGEST_HEX_LEN + 1];
+    sign_frames(s, f, sig);
+    replace_frame(f, herd_wire(f, HERD_WIRE_SIG), sig, strlen(sig));
+}
+
+/* ---- building ---- */
+
+char *herd_session_header(HerdSession *s, const char *msg_type, char **msg_id_out)
+{
+    char *msg_id = herd_session_msg_id(s);
+    char date[HERD_ISO_LEN];
+    herd_iso_now(date);
+
+    /* Key order as Python emits it (not required by peers, but eases comparing logs). */
+    JsonBuilder *b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "msg_id");
+    json_builder_add_string_value(b, msg_id);
+    json_builder_set_member_name(b, "msg_type");
+    json_builder_add_string_value(b, msg_type);
+    json_builder_set_member_name(b, "username");
+    json_builder_add_string_value(b, s->username);
+    json_builder_set_member_name(b, "session");
+    json_builder_add_string_value(b, s->id);
+    json_builder_set_member_name(b, "date");
+    json_builder_add_string_value(b, date);
+    json_builder_set_member_name(b, "version");
+    json_builder_add_string_value(b, HERD_PROTOCOL_VERSION);
+    json_builder_end_object(b);
+    JsonNode *root = json_builder_get_root(b);
+    g_object_unref(b);
+
+    char *text = herd_json_to_string(root, NULL);
+    json_node_unref(root);
+    if (msg_id_out)
+        *msg_id_out = msg_id;
+    else
+        g_free(msg_id);
+    return text;
+}
+
+static HerdBytes object_or_empty(HerdBytes b)
+{
+    return b.data ? b : (HerdBytes){ "{}", 2 };
+}
+
+/* Append DELIM, signature and the four JSON parts; header, metadata and content are taken
+ * (g_malloc'd), parent is copied. */
+static void build_taking(HerdSession *s, HerdFrames *out, char *header, HerdBytes parent, char *metadata,
+                         gsize metadata_len, char *content, gsize content_len)
+{
+    HerdBytes header_b = { header, strlen(header) };
+    HerdBytes metadata_b = { metadata, metadata_len };
+    HerdBytes content_b = { content, content_len };
+    parent = object_or_empty(parent);
+
+    char sig[DIGEST_HEX_LEN + 1];
+    herd_session_sign(s, header_b, parent, metadata_b, content_b, sig);
+
+    herd_frames_push(out, HERD_DELIM, HERD_DELIM_LEN);
+    herd_frames_push(out, sig, strlen(sig));
+    herd_frames_push_take(out, header, header_b.len);
+    herd_frames_push(out, parent.data, parent.len);
+    herd_frames_push_take(out, metadata, metadata_len);
+    herd_frames_push_take(out, content, content_len);
+}
+
+void herd_session_build(HerdSession *s, HerdFrames *out, const char *msg_type, HerdBytes parent,
+                        HerdBytes metadata, HerdBytes content, char **msg_id_out)
+{
+    metadata = object_or_empty(metadata);
+    content = object_or_empty(content);
+    char *header = herd_session_header(s, msg_type, msg_id_out);
+    build_taking(s, out, header, parent, g_memdup2(metadata.data, metadata.len), metadata.len,
+                 g_memdup2(content.data, content.len), content.len);
+}
+
+static char *node_to_string_or_empty(JsonNode *node, gsize *len)
+{
+    if (node == NULL) {
+        *len = 2;
+        return g_strdup("{}");
+    }
+    return herd_json_to_string(node, len);
+}
+
+void herd_session_build_node(HerdSession *s, HerdFrames *out, const char *msg_type, HerdBytes parent,
+                             JsonNode *metadata, JsonNode *content, char **msg_id_out)
+{
+    gsize metadata_len, content_len;
+    char *metadata_text = node_to_string_or_empty(metadata, &metadata_len);
+    char *content_text = node_to_string_or_empty(content, &content_len);
+    char *header = herd_session_header(s, msg_type, msg_id_out);
+    build_taking(s, out, header, parent, metadata_text, metadata_len, content_text, content_len);
+}

@@ -20,6 +20,16 @@ G_BEGIN_DECLS
 #define HERD_DELIM_LEN 9
 #define HERD_PROTOCOL_VERSION "5.3"
 
+/* Errors reported by the session and JSON helpers below. */
+#define HERD_WIRE_ERROR (herd_wire_error_quark())
+GQuark herd_wire_error_quark(void);
+typedef enum {
+    HERD_WIRE_ERROR_SCHEME,     /* signature scheme other than hmac-sha256 */
+    HERD_WIRE_ERROR_UTF8,       /* JSON frame is not valid UTF-8 */
+    HERD_WIRE_ERROR_JSON,       /* JSON syntax error or truncated JSON */
+    HERD_WIRE_ERROR_NOT_OBJECT, /* valid JSON, but the top level is not an object */
+} HerdWireError;
+
 /* Frame offsets relative to the delimiter. */
 enum {
     HERD_WIRE_SIG = 1,
@@ -61,7 +71,8 @@ void herd_frames_push_frame_copy(HerdFrames *f, const HerdFrames *src, guint i);
 void herd_frames_insert(HerdFrames *f, guint at, const void *data, gsize len);
 void herd_frames_remove(HerdFrames *f, guint at);
 void herd_frames_swap(HerdFrames *f, guint a, guint b);
-/* Deep structural copy (frames are reference-counted by zmq, so this is cheap). */
+/* Deep structural copy (frames are reference-counted by zmq, so this is cheap).
+ * dst is overwritten: pass an uninitialised or empty list, never one holding frames. */
 void herd_frames_copy(HerdFrames *dst, const HerdFrames *src);
 /* Re-scan for the delimiter (after inserting/removing frames). */
 void herd_frames_find_delim(HerdFrames *f);
@@ -116,6 +127,8 @@ void herd_session_sign(const HerdSession *s, HerdBytes header, HerdBytes parent,
                        HerdBytes content, char out[65]);
 /* Check the signature (constant time) and the replay history; remembers verified digests. */
 HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f);
+/* Number of digests currently remembered for replay refusal (capped at 65,536). */
+guint herd_session_history_size(const HerdSession *s);
 const char *herd_verify_str(HerdVerify v);
 /* Recompute the signature frame of f in place (after rewriting JSON parts). */
 void herd_session_resign(const HerdSession *s, HerdFrames *f);
@@ -140,7 +153,9 @@ char *herd_json_to_string(JsonNode *node, gsize *len);
 const char *herd_json_str(JsonObject *o, const char *member);
 gint64 herd_json_int(JsonObject *o, const char *member, gint64 dflt);
 gboolean herd_json_bool(JsonObject *o, const char *member, gboolean dflt);
-double herd_json_double(JsonObject *o, const char *member, double dflt);
+double herd_json_double(JsonObject *o, const char *member, double dflt); /* ints count too */
+JsonArray *herd_json_array(JsonObject *o, const char *member);   /* borrowed */
+JsonObject *herd_json_object(JsonObject *o, const char *member); /* borrowed */
 
 /* ISO-8601 UTC as the Python peers write it: YYYY-MM-DDTHH:MM:SS[.ffffff]Z (microseconds
  * omitted when zero). buf must hold HERD_ISO_LEN bytes. */
