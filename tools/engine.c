@@ -1,0 +1,1042 @@
+/* herd — `herd engine`: native engines that register with an ipyparallel-compatible
+ * controller (herdd or ipcontroller) and serve MUX, task, broadcast and control like
+ * ipengine, publishing IOPub.
+ *
+ * One process runs --count N engines in one zmq_poll loop: each engine has its own
+ * session (its uuid), registration DEALER, shell ROUTER, control ROUTER and heartbeat
+ * DEALER, all with routing id = uuid (spec 4.2); the IOPub PUB and the heartbeat-ping SUB
+ * are shared by all of them (the controller does not care which socket an IOPub message
+ * or a ping came through).
+ *
+ * Executors: "echo" answers at once with the request's buffers (for benchmarks);
+ * "shell" runs an execute_request's code with /bin/sh -c, streams its stdout/stderr on
+ * IOPub and sets the reply status from the exit code. See docs/engine.md.
+ */
+#include <errno.h>
+#include <glib-unix.h>
+#include <glib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <herd/connfile.h>
+#include <herd/wire.h>
+
+#include "herd-tool.h"
+
+typedef enum { EXECUTOR_ECHO, EXECUTOR_SHELL } ExecutorKind;
+
+typedef enum { ENGINE_REGISTERING, ENGINE_RUNNING, ENGINE_STOPPED } EngineState;
+
+typedef struct EngineHost EngineHost;
+
+/* A received shell or control request, parsed once. */
+typedef struct Request {
+    HerdFrames frames;
+    JsonNode *header, *metadata, *content;
+    const char *msg_type, *msg_id;
+} Request;
+
+/* An execute_request running under /bin/sh -c. */
+typedef struct ShellJob {
+    Request *request;
+    GPid pid;
+    int fds[2];          /* stdout, stderr; -1 after end of file */
+    GString *partial[2]; /* trailing bytes of an incomplete UTF-8 sequence */
+    gint64 started_us;
+    int exit_status;     /* from waitpid, valid once reaped */
+} ShellJob;
+
+typedef struct Engine {
+    EngineHost *host;
+    HerdSession *session;
+    const char *uuid; /* = session id */
+    int id;           /* assigned at registration, -1 before */
+    int requested_id; /* -1 = let the controller choose */
+    EngineState state;
+    gint64 registration_deadline_us;
+    void *registration, *shell, *control, *heart;
+    GQueue waiting; /* Request*: shell requests queued behind a running job */
+    ShellJob *job;
+    GHashTable *aborted; /* msg ids to answer with status "aborted" */
+    int execution_count;
+} Engine;
+
+struct EngineHost {
+    HerdConnInfo ci;
+    ExecutorKind executor;
+    void *zctx;
+    void *iopub;   /* shared PUB */
+    void *hb_sub;  /* shared SUB on hb_ping */
+    GPtrArray *engines;
+    guint n_stopped;
+    int registration_timeout_ms;
+    int hb_max_misses;
+    int hb_period_ms;      /* from the registration reply */
+    gint64 last_ping_us;   /* controller liveness */
+    int exit_status;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* ---- requests ---- */
+
+static void request_free(Request *r)
+{
+    if (!r)
+        return;
+    g_clear_pointer(&r->header, json_node_unref);
+    g_clear_pointer(&r->metadata, json_node_unref);
+    g_clear_pointer(&r->content, json_node_unref);
+    herd_frames_clear(&r->frames);
+    g_free(r);
+}
+
+/* Receive, verify and parse one message; NULL when there is none or it is rejected. */
+static Request *request_recv(Engine *e, void *sock)
+{
+    Request *r = g_new0(Request, 1);
+    herd_frames_init(&r->frames);
+    if (herd_frames_recv(sock, &r->frames, ZMQ_DONTWAIT) != 0) {
+        request_free(r);
+        return NULL;
+    }
+    HerdVerify v = herd_frames_is_wire(&r->frames) ? herd_session_verify(e->session, &r->frames) : HERD_VERIFY_MALFORMED;
+    if (v != HERD_VERIFY_OK) {
+        g_warning("engine %d: dropping message: %s", e->id, herd_verify_str(v));
+        request_free(r);
+        return NULL;
+    }
+    const HerdFrames *f = &r->frames;
+    r->header = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), NULL);
+    r->metadata = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), NULL);
+    r->content = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), NULL);
+    if (!r->header || !r->metadata || !r->content) {
+        g_warning("engine %d: dropping message with invalid JSON", e->id);
+        request_free(r);
+        return NULL;
+    }
+    r->msg_type = herd_json_str(json_node_get_object(r->header), "msg_type");
+    r->msg_id = herd_json_str(json_node_get_object(r->header), "msg_id");
+    if (!r->msg_type || !r->msg_id) {
+        g_warning("engine %d: dropping message without msg_type/msg_id", e->id);
+        request_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static JsonObject *request_content(const Request *r)
+{
+    return json_node_get_object(r->content);
+}
+
+/* ---- sending ---- */
+
+static void send_frames(void *sock, HerdFrames *f, const char *what)
+{
+    if (herd_frames_send(sock, f) != 0) {
+        g_warning("cannot send %s: %s", what, zmq_strerror(errno));
+        herd_frames_clear(f);
+    }
+}
+
+/* The reply metadata every ipyparallel engine sets (spec 6.1). */
+static JsonNode *reply_metadata(Engine *e, const Request *r, gint64 started_us, const char *status)
+{
+    JsonObject *req = json_node_get_object(r->metadata);
+    char started[HERD_ISO_LEN];
+    herd_iso_format(started_us, started);
+    JsonObject *md = json_object_new();
+    json_object_set_string_member(md, "started", started);
+    json_object_set_boolean_member(md, "dependencies_met", TRUE);
+    json_object_set_string_member(md, "engine", e->uuid);
+    json_object_set_boolean_member(md, "is_broadcast", herd_json_bool(req, "is_broadcast", FALSE));
+    json_object_set_boolean_member(md, "is_coalescing", herd_json_bool(req, "is_coalescing", FALSE));
+    const char *original = herd_json_str(req, "original_msg_id");
+    json_object_set_string_member(md, "original_msg_id", original ? original : "");
+    json_object_set_string_member(md, "status", status);
+    if (g_str_equal(status, "error")) {
+        JsonObject *info = json_object_new();
+        json_object_set_string_member(info, "engine_uuid", e->uuid);
+        json_object_set_int_member(info, "engine_id", e->id);
+        json_object_set_object_member(md, "engine_info", info);
+    }
+    JsonNode *node = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(node, md);
+    return node;
+}
+
+/* Send msg_type with content (taken) to the peer that sent r, through sock (same routing
+ * prefix, parent = r's header). with_buffers: echo r's buffers after the content. */
+static void send_reply(Engine *e, void *sock, const Request *r, const char *msg_type, JsonNode *metadata,
+                       JsonNode *content, gboolean with_buffers)
+{
+    const HerdFrames *req = &r->frames;
+    HerdFrames out;
+    herd_frames_init(&out);
+    for (guint i = 0; i < (guint)req->delim; i++)
+        herd_frames_push_frame_copy(&out, req, i);
+    herd_session_build_node(e->session, &out, msg_type, herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)),
+                            metadata, content, NULL);
+    if (with_buffers)
+        for (guint i = herd_wire(req, HERD_WIRE_BUFFERS); i < req->n; i++)
+            herd_frames_push_frame_copy(&out, req, i);
+    send_frames(sock, &out, msg_type);
+    json_node_unref(metadata);
+    json_node_unref(content);
+}
+
+static JsonNode *object_node(JsonObject *o)
+{
+    JsonNode *node = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(node, o);
+    return node;
+}
+
+static JsonNode *engine_only_metadata(Engine *e)
+{
+    JsonObject *md = json_object_new();
+    json_object_set_string_member(md, "engine", e->uuid);
+    return object_node(md);
+}
+
+/* Publish an IOPub message on topic engine.<id>.<topic>; parent = r's header (or none). */
+static void publish(Engine *e, const char *topic, const char *msg_type, const Request *r, JsonNode *content)
+{
+    HerdFrames out;
+    herd_frames_init(&out);
+    g_autofree char *full_topic = g_strdup_printf("engine.%d.%s", e->id, topic);
+    herd_frames_push(&out, full_topic, strlen(full_topic));
+    HerdBytes parent = r ? herd_frame_bytes(&r->frames, herd_wire(&r->frames, HERD_WIRE_HEADER)) : HERD_BYTES_NULL;
+    JsonNode *metadata = engine_only_metadata(e);
+    herd_session_build_node(e->session, &out, msg_type, parent, metadata, content, NULL);
+    send_frames(e->host->iopub, &out, msg_type);
+    json_node_unref(metadata);
+    json_node_unref(content);
+}
+
+static void publish_status(Engine *e, const Request *r, const char *state)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "execution_state", state);
+    publish(e, "status", "status", r, object_node(c));
+}
+
+static void publish_stream(Engine *e, const Request *r, const char *name, const char *text)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "name", name);
+    json_object_set_string_member(c, "text", text);
+    publish(e, name, "stream", r, object_node(c));
+}
+
+/* Error content as an engine sends it: engine_info names this engine. */
+static JsonNode *engine_error(Engine *e, const char *ename, const char *evalue, const char *method)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", "error");
+    JsonArray *tb = json_array_new();
+    g_autofree char *line = g_strdup_printf("%s: %s\n", ename, evalue);
+    json_array_add_string_element(tb, line);
+    json_object_set_array_member(c, "traceback", tb);
+    json_object_set_string_member(c, "ename", ename);
+    json_object_set_string_member(c, "evalue", evalue);
+    JsonObject *info = json_object_new();
+    json_object_set_string_member(info, "engine_uuid", e->uuid);
+    json_object_set_int_member(info, "engine_id", e->id);
+    json_object_set_string_member(info, "method", method);
+    json_object_set_object_member(c, "engine_info", info);
+    return object_node(c);
+}
+
+static JsonNode *status_content(const char *status)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", status);
+    return object_node(c);
+}
+
+static JsonNode *execute_reply_ok(Engine *e)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", "ok");
+    json_object_set_int_member(c, "execution_count", e->execution_count);
+    json_object_set_object_member(c, "user_expressions", json_object_new());
+    json_object_set_array_member(c, "payload", json_array_new());
+    return object_node(c);
+}
+
+/* "execute_request" -> "execute_reply" */
+static char *reply_type_for(const char *request_type)
+{
+    const char *suffix = g_strrstr(request_type, "_request");
+    if (!suffix)
+        return g_strconcat(request_type, "_reply", NULL);
+    g_autofree char *base = g_strndup(request_type, (gsize)(suffix - request_type));
+    return g_strconcat(base, "_reply", NULL);
+}
+
+/* ---- executors ---- */
+
+static void engine_run_next(Engine *e);
+
+/* Final step of every shell request: the reply, then "idle" (Python's blocking execute
+ * waits for the idle status after the reply). */
+static void finish_request(Engine *e, Request *r, gint64 started_us, JsonNode *content, gboolean with_buffers,
+                           gboolean publish_idle)
+{
+    const char *status = herd_json_str(json_node_get_object(content), "status");
+    g_autofree char *reply_type = reply_type_for(r->msg_type);
+    send_reply(e, e->shell, r, reply_type, reply_metadata(e, r, started_us, status ? status : "ok"), content,
+               with_buffers);
+    if (publish_idle)
+        publish_status(e, r, "idle");
+}
+
+static void echo_request(Engine *e, Request *r)
+{
+    gint64 started = g_get_real_time();
+    gboolean is_execute = g_str_equal(r->msg_type, "execute_request");
+    /* Status messages only around execute (Python's blocking execute needs the idle);
+     * apply stays a single reply so benchmarks measure the request path. */
+    if (is_execute)
+        publish_status(e, r, "busy");
+    JsonNode *content = is_execute ? execute_reply_ok(e) : status_content("ok");
+    finish_request(e, r, started, content, TRUE, is_execute);
+    request_free(r);
+}
+
+static void shell_job_free(ShellJob *job)
+{
+    for (int i = 0; i < 2; i++) {
+        if (job->fds[i] >= 0)
+            close(job->fds[i]);
+        g_string_free(job->partial[i], TRUE);
+    }
+    request_free(job->request);
+    g_free(job);
+}
+
+/* Run in the child between fork and exec: own process group, so a shutdown can stop the
+ * whole pipeline the command started. */
+static void child_new_process_group(gpointer data)
+{
+    (void)data;
+    setpgid(0, 0);
+}
+
+static gboolean shell_start(Engine *e, Request *r, GError **err)
+{
+    const char *code = herd_json_str(request_content(r), "code");
+    char *argv[] = { "/bin/sh", "-c", (char *)(code ? code : ""), NULL };
+    ShellJob *job = g_new0(ShellJob, 1);
+    job->fds[0] = job->fds[1] = -1;
+    job->started_us = g_get_real_time();
+    if (!g_spawn_async_with_pipes(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL,
+                                  child_new_process_group, NULL, &job->pid, NULL, &job->fds[0], &job->fds[1], err)) {
+        g_free(job);
+        return FALSE;
+    }
+    for (int i = 0; i < 2; i++) {
+        g_unix_set_fd_nonblocking(job->fds[i], TRUE, NULL);
+        job->partial[i] = g_string_new(NULL);
+    }
+    job->request = r;
+    job->exit_status = -1;
+    e->job = job;
+    return TRUE;
+}
+
+static void shell_execute(Engine *e, Request *r)
+{
+    gint64 started = g_get_real_time();
+    publish_status(e, r, "busy");
+    JsonObject *content = request_content(r);
+    gboolean silent = herd_json_bool(content, "silent", FALSE);
+    if (!silent) {
+        e->execution_count++;
+        JsonObject *input = json_object_new();
+        json_object_set_string_member(input, "code", herd_json_str(content, "code") ?: "");
+        json_object_set_int_member(input, "execution_count", e->execution_count);
+        publish(e, "execute_input", "execute_input", r, object_node(input));
+    }
+    GError *err = NULL;
+    if (!shell_start(e, r, &err)) {
+        finish_request(e, r, started, engine_error(e, "OSError", err->message, "execute"), FALSE, TRUE);
+        g_error_free(err);
+        request_free(r);
+    }
+}
+
+static void shell_request(Engine *e, Request *r)
+{
+    if (g_str_equal(r->msg_type, "execute_request")) {
+        shell_execute(e, r);
+        return;
+    }
+    /* apply_request carries pickled Python functions: a shell engine cannot run them. */
+    publish_status(e, r, "busy");
+    g_autofree char *evalue = g_strdup_printf("a herd shell engine cannot run %s (Python functions); "
+                                              "send shell commands with execute instead",
+                                              r->msg_type);
+    finish_request(e, r, g_get_real_time(), engine_error(e, "NotImplementedError", evalue, "apply"), FALSE, TRUE);
+    request_free(r);
+}
+
+/* Publish what the command wrote on stream i; at_eof flushes incomplete UTF-8 too. */
+static void shell_publish_output(Engine *e, ShellJob *job, int i, const char *data, gsize len, gboolean at_eof)
+{
+    static const char *names[] = { "stdout", "stderr" };
+    GString *buf = job->partial[i];
+    g_string_append_len(buf, data, (gssize)len);
+    const char *valid_end;
+    g_utf8_validate_len(buf->str, buf->len, &valid_end);
+    gsize valid = (gsize)(valid_end - buf->str);
+    /* Keep up to 3 trailing bytes that may be the start of a character still in the pipe. */
+    gsize keep = (!at_eof && buf->len - valid < 4) ? buf->len - valid : 0;
+    gsize send_len = buf->len - keep;
+    if (send_len == 0)
+        return;
+    g_autofree char *text = g_utf8_make_valid(buf->str, (gssize)send_len);
+    publish_stream(e, job->request, names[i], text);
+    g_string_erase(buf, 0, (gssize)send_len);
+}
+
+static void shell_read(Engine *e, int i)
+{
+    ShellJob *job = e->job;
+    char chunk[65536];
+    ssize_t n = read(job->fds[i], chunk, sizeof chunk);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n > 0) {
+        shell_publish_output(e, job, i, chunk, (gsize)n, FALSE);
+        return;
+    }
+    shell_publish_output(e, job, i, "", 0, TRUE);
+    close(job->fds[i]);
+    job->fds[i] = -1;
+}
+
+static void shell_finish(Engine *e)
+{
+    ShellJob *job = e->job;
+    e->job = NULL;
+    Request *r = job->request;
+    JsonNode *content;
+    if (WIFEXITED(job->exit_status) && WEXITSTATUS(job->exit_status) == 0) {
+        content = execute_reply_ok(e);
+    } else {
+        g_autofree char *evalue =
+            WIFSIGNALED(job->exit_status)
+                ? g_strdup_printf("Command '%s' died with signal %d.", herd_json_str(request_content(r), "code"),
+                                  WTERMSIG(job->exit_status))
+                : g_strdup_printf("Command '%s' returned non-zero exit status %d.",
+                                  herd_json_str(request_content(r), "code"), WEXITSTATUS(job->exit_status));
+        content = engine_error(e, "CalledProcessError", evalue, "execute");
+        publish(e, "error", "error", r, json_node_copy(content));
+    }
+    finish_request(e, r, job->started_us, content, FALSE, TRUE);
+    shell_job_free(job);
+    engine_run_next(e);
+}
+
+/* Reap the command once both pipes are closed. */
+static void shell_check_exit(Engine *e)
+{
+    ShellJob *job = e->job;
+    if (!job || job->fds[0] >= 0 || job->fds[1] >= 0)
+        return;
+    int status;
+    pid_t rc = waitpid(job->pid, &status, WNOHANG);
+    if (rc == 0)
+        return;
+    job->exit_status = rc == job->pid ? status : (1 << 8);
+    g_spawn_close_pid(job->pid);
+    shell_finish(e);
+}
+
+static void shell_kill(Engine *e)
+{
+    if (!e->job)
+        return;
+    kill(-e->job->pid, SIGKILL);
+    waitpid(e->job->pid, NULL, 0);
+    shell_job_free(e->job);
+    e->job = NULL;
+}
+
+/* ---- dispatch ---- */
+
+static void send_aborted(Engine *e, Request *r)
+{
+    g_autofree char *reply_type = reply_type_for(r->msg_type);
+    send_reply(e, e->shell, r, reply_type, reply_metadata(e, r, g_get_real_time(), "aborted"),
+               status_content("aborted"), FALSE);
+    request_free(r);
+}
+
+static void dispatch_shell(Engine *e, Request *r)
+{
+    if (g_hash_table_remove(e->aborted, r->msg_id)) {
+        send_aborted(e, r);
+        return;
+    }
+    if (g_str_equal(r->msg_type, "kernel_info_request")) {
+        JsonObject *c = json_object_new();
+        json_object_set_string_member(c, "status", "ok");
+        json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
+        json_object_set_string_member(c, "implementation", "herd");
+        json_object_set_string_member(c, "implementation_version", "0.1.0");
+        send_reply(e, e->shell, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
+        request_free(r);
+        return;
+    }
+    if (!g_str_equal(r->msg_type, "execute_request") && !g_str_equal(r->msg_type, "apply_request")) {
+        /* comm_* and unknown types: ipykernel ignores them without a reply. */
+        g_debug("engine %d: ignoring %s", e->id, r->msg_type);
+        request_free(r);
+        return;
+    }
+    if (e->host->executor == EXECUTOR_ECHO)
+        echo_request(e, r);
+    else
+        shell_request(e, r);
+}
+
+/* Requests run one at a time per engine, in arrival order, like a kernel. */
+static void engine_run_next(Engine *e)
+{
+    while (!e->job && !g_queue_is_empty(&e->waiting) && e->state == ENGINE_RUNNING)
+        dispatch_shell(e, g_queue_pop_head(&e->waiting));
+}
+
+static void on_shell_request(Engine *e, Request *r)
+{
+    if (e->job || !g_queue_is_empty(&e->waiting))
+        g_queue_push_tail(&e->waiting, r);
+    else
+        dispatch_shell(e, r);
+}
+
+/* ---- control ---- */
+
+static void engine_stop(Engine *e);
+
+static void control_abort(Engine *e, Request *r)
+{
+    JsonNode *ids = json_object_get_member(request_content(r), "msg_ids");
+    if (ids && JSON_NODE_HOLDS_VALUE(ids) && json_node_get_string(ids)) {
+        g_hash_table_add(e->aborted, g_strdup(json_node_get_string(ids)));
+    } else if (ids && JSON_NODE_HOLDS_ARRAY(ids) && json_array_get_length(json_node_get_array(ids)) > 0) {
+        JsonArray *a = json_node_get_array(ids);
+        for (guint i = 0; i < json_array_get_length(a); i++) {
+            const char *id = json_node_get_string(json_array_get_element(a, i));
+            if (id)
+                g_hash_table_add(e->aborted, g_strdup(id));
+        }
+    } else {
+        /* No ids: abort everything queued. */
+        Request *queued;
+        while ((queued = g_queue_pop_head(&e->waiting)))
+            send_aborted(e, queued);
+    }
+    send_reply(e, e->control, r, "abort_reply", engine_only_metadata(e), status_content("ok"), FALSE);
+}
+
+static void control_shutdown(Engine *e, Request *r)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", "ok");
+    json_object_set_boolean_member(c, "restart", FALSE);
+    JsonNode *content = object_node(c);
+    send_reply(e, e->control, r, "shutdown_reply", engine_only_metadata(e), json_node_copy(content), FALSE);
+    /* The controller unregisters the engine when it sees this on IOPub (spec 5.4). */
+    publish(e, "shutdown", "shutdown_reply", r, content);
+    engine_stop(e);
+}
+
+static void control_kernel_info(Engine *e, Request *r)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", "ok");
+    json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
+    json_object_set_string_member(c, "implementation", "herd");
+    send_reply(e, e->control, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
+}
+
+static void on_control_request(Engine *e, Request *r)
+{
+    if (g_str_equal(r->msg_type, "abort_request"))
+        control_abort(e, r);
+    else if (g_str_equal(r->msg_type, "clear_request"))
+        send_reply(e, e->control, r, "clear_reply", engine_only_metadata(e), status_content("ok"), FALSE);
+    else if (g_str_equal(r->msg_type, "shutdown_request"))
+        control_shutdown(e, r);
+    else if (g_str_equal(r->msg_type, "kernel_info_request"))
+        control_kernel_info(e, r);
+    else
+        g_message("engine %d: ignoring control message %s", e->id, r->msg_type);
+    request_free(r);
+}
+
+/* ---- registration and lifecycle ---- */
+
+static void *engine_socket(Engine *e, int type, const char *routing_id)
+{
+    void *s = zmq_socket(e->host->zctx, type);
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
+    int linger = 1000; /* let replies and unregistration leave at shutdown */
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    if (routing_id)
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
+    HerdConnInfo *ci = &e->host->ci;
+    if (ci->curve_serverkey && *ci->curve_serverkey) {
+        char pub[41], sec[41];
+        zmq_curve_keypair(pub, sec);
+        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, ci->curve_serverkey, 40);
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, 40);
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, 40);
+    }
+    return s;
+}
+
+static void connect_port(EngineHost *h, void *s, int port)
+{
+    const char *interface = h->ci.interface;
+    if (g_str_equal(interface, "tcp://*") || g_str_equal(interface, "tcp://0.0.0.0"))
+        interface = "tcp://127.0.0.1";
+    g_autofree char *url = g_strdup_printf("%s:%d", interface, port);
+    if (zmq_connect(s, url) != 0)
+        g_warning("cannot connect to %s: %s", url, zmq_strerror(errno));
+}
+
+static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *content)
+{
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_session_build_node(e->session, &out, msg_type, HERD_BYTES_NULL, NULL, content, NULL);
+    send_frames(sock, &out, msg_type);
+    json_node_unref(content);
+}
+
+static void engine_send_registration(Engine *e)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "uuid", e->uuid);
+    if (e->requested_id >= 0)
+        json_object_set_int_member(c, "id", e->requested_id);
+    send_simple(e, e->registration, "registration_request", object_node(c));
+    e->registration_deadline_us = g_get_monotonic_time() + (gint64)e->host->registration_timeout_ms * 1000;
+}
+
+static void engine_send_unregistration(Engine *e)
+{
+    JsonObject *c = json_object_new();
+    if (e->id >= 0)
+        json_object_set_int_member(c, "id", e->id);
+    else
+        json_object_set_null_member(c, "id");
+    send_simple(e, e->registration, "unregistration_request", object_node(c));
+}
+
+static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
+{
+    Engine *e = g_new0(Engine, 1);
+    e->host = h;
+    e->session = herd_session_new(h->ci.key ? h->ci.key : "", h->ci.signature_scheme, NULL, err);
+    if (!e->session) {
+        g_free(e);
+        return NULL;
+    }
+    e->uuid = herd_session_id(e->session);
+    e->id = -1;
+    e->requested_id = requested_id;
+    e->aborted = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_queue_init(&e->waiting);
+    e->registration = engine_socket(e, ZMQ_DEALER, e->uuid);
+    connect_port(h, e->registration, h->ci.ports.registration);
+    e->state = ENGINE_REGISTERING;
+    return e;
+}
+
+/* Registration accepted: connect the work channels, then the heart (the controller
+ * announces the engine at its first heartbeat echo, so everything else must already be
+ * connected by then — spec 5.2). */
+static void engine_start(Engine *e, int id)
+{
+    EngineHost *h = e->host;
+    e->id = id;
+    e->shell = engine_socket(e, ZMQ_ROUTER, e->uuid);
+    connect_port(h, e->shell, h->ci.ports.mux);
+    connect_port(h, e->shell, h->ci.ports.task);
+    if (h->ci.ports.n_broadcast_engine > 0)
+        connect_port(h, e->shell, h->ci.ports.broadcast_engine[id % h->ci.ports.n_broadcast_engine]);
+    e->control = engine_socket(e, ZMQ_ROUTER, e->uuid);
+    connect_port(h, e->control, h->ci.ports.control);
+    if (!h->iopub) {
+        h->iopub = engine_socket(e, ZMQ_PUB, NULL);
+        connect_port(h, h->iopub, h->ci.ports.iopub);
+        h->hb_sub = engine_socket(e, ZMQ_SUB, NULL);
+        zmq_setsockopt(h->hb_sub, ZMQ_SUBSCRIBE, "", 0);
+        connect_port(h, h->hb_sub, h->ci.ports.hb_ping);
+        h->last_ping_us = g_get_monotonic_time();
+    }
+    e->heart = engine_socket(e, ZMQ_DEALER, e->uuid);
+    connect_port(h, e->heart, h->ci.ports.hb_pong);
+    e->state = ENGINE_RUNNING;
+    g_message("engine %d registered (uuid %s)", id, e->uuid);
+}
+
+static void engine_stop(Engine *e)
+{
+    if (e->state == ENGINE_STOPPED)
+        return;
+    shell_kill(e);
+    Request *r;
+    while ((r = g_queue_pop_head(&e->waiting)))
+        request_free(r);
+    e->state = ENGINE_STOPPED;
+    e->host->n_stopped++;
+    g_message("engine %d stopped", e->id);
+}
+
+static void engine_free(Engine *e)
+{
+    void **socks[] = { &e->registration, &e->shell, &e->control, &e->heart };
+    for (guint i = 0; i < G_N_ELEMENTS(socks); i++)
+        if (*socks[i])
+            zmq_close(*socks[i]);
+    shell_kill(e);
+    Request *r;
+    while ((r = g_queue_pop_head(&e->waiting)))
+        request_free(r);
+    g_hash_table_destroy(e->aborted);
+    herd_session_free(e->session);
+    g_free(e);
+}
+
+static void on_registration_reply(Engine *e)
+{
+    Request *r = request_recv(e, e->registration);
+    if (!r)
+        return;
+    JsonObject *c = request_content(r);
+    if (e->state == ENGINE_REGISTERING && g_str_equal(r->msg_type, "registration_reply")) {
+        if (g_strcmp0(herd_json_str(c, "status"), "ok") == 0) {
+            int period = (int)herd_json_int(c, "hb_period", 3000);
+            e->host->hb_period_ms = period > 0 ? period : 3000;
+            engine_start(e, (int)herd_json_int(c, "id", 0));
+        } else {
+            g_critical("registration failed: %s: %s", herd_json_str(c, "ename") ?: "error",
+                       herd_json_str(c, "evalue") ?: "");
+            e->host->exit_status = 255;
+            engine_stop(e);
+        }
+    }
+    request_free(r);
+}
+
+/* Every ping is echoed by every running engine's heart DEALER. */
+static void on_ping(EngineHost *h)
+{
+    zmq_msg_t ping;
+    zmq_msg_init(&ping);
+    while (zmq_msg_recv(&ping, h->hb_sub, ZMQ_DONTWAIT) >= 0) {
+        h->last_ping_us = g_get_monotonic_time();
+        for (guint i = 0; i < h->engines->len; i++) {
+            Engine *e = h->engines->pdata[i];
+            if (e->state == ENGINE_RUNNING)
+                zmq_send(e->heart, zmq_msg_data(&ping), zmq_msg_size(&ping), ZMQ_DONTWAIT);
+        }
+    }
+    zmq_msg_close(&ping);
+}
+
+/* ---- the loop ---- */
+
+typedef enum { SRC_PING, SRC_REGISTRATION, SRC_SHELL, SRC_CONTROL, SRC_STDOUT, SRC_STDERR } SourceKind;
+
+typedef struct PollSet {
+    GArray *items;   /* zmq_pollitem_t */
+    GArray *sources; /* Source, parallel to items */
+} PollSet;
+
+typedef struct Source {
+    Engine *engine;
+    SourceKind kind;
+} Source;
+
+static void pollset_add(PollSet *p, void *sock, int fd, Engine *e, SourceKind kind)
+{
+    zmq_pollitem_t item = { .socket = sock, .fd = fd, .events = ZMQ_POLLIN };
+    Source src = { e, kind };
+    g_array_append_val(p->items, item);
+    g_array_append_val(p->sources, src);
+}
+
+static void pollset_build(EngineHost *h, PollSet *p)
+{
+    g_array_set_size(p->items, 0);
+    g_array_set_size(p->sources, 0);
+    if (h->hb_sub)
+        pollset_add(p, h->hb_sub, 0, NULL, SRC_PING);
+    for (guint i = 0; i < h->engines->len; i++) {
+        Engine *e = h->engines->pdata[i];
+        if (e->state == ENGINE_STOPPED)
+            continue;
+        pollset_add(p, e->registration, 0, e, SRC_REGISTRATION);
+        if (e->state != ENGINE_RUNNING)
+            continue;
+        pollset_add(p, e->shell, 0, e, SRC_SHELL);
+        pollset_add(p, e->control, 0, e, SRC_CONTROL);
+        if (e->job && e->job->fds[0] >= 0)
+            pollset_add(p, NULL, e->job->fds[0], e, SRC_STDOUT);
+        if (e->job && e->job->fds[1] >= 0)
+            pollset_add(p, NULL, e->job->fds[1], e, SRC_STDERR);
+    }
+}
+
+/* Handle up to a batch of messages from one source, so one busy engine cannot starve
+ * the others. */
+static void handle_source(EngineHost *h, Source *src)
+{
+    Engine *e = src->engine;
+    switch (src->kind) {
+    case SRC_PING:
+        on_ping(h);
+        return;
+    case SRC_REGISTRATION:
+        on_registration_reply(e);
+        return;
+    case SRC_STDOUT:
+    case SRC_STDERR:
+        if (e->job)
+            shell_read(e, src->kind == SRC_STDOUT ? 0 : 1);
+        return;
+    case SRC_SHELL:
+    case SRC_CONTROL:
+        for (int n = 0; n < 64 && e->state == ENGINE_RUNNING; n++) {
+            Request *r = request_recv(e, src->kind == SRC_SHELL ? e->shell : e->control);
+            if (!r)
+                return;
+            if (src->kind == SRC_SHELL)
+                on_shell_request(e, r);
+            else
+                on_control_request(e, r);
+        }
+        return;
+    }
+}
+
+/* Timers: registration deadlines and the controller's heartbeat. Returns the poll
+ * timeout in ms until the next check. */
+static long check_timers(EngineHost *h)
+{
+    gint64 now = g_get_monotonic_time();
+    long timeout = 1000;
+    for (guint i = 0; i < h->engines->len; i++) {
+        Engine *e = h->engines->pdata[i];
+        if (e->state == ENGINE_REGISTERING) {
+            if (now >= e->registration_deadline_us) {
+                g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
+                engine_send_unregistration(e);
+                h->exit_status = 255;
+                engine_stop(e);
+            } else {
+                timeout = MIN(timeout, (long)((e->registration_deadline_us - now) / 1000) + 1);
+            }
+        }
+        if (e->job) {
+            shell_check_exit(e);
+            if (e->job && e->job->fds[0] < 0 && e->job->fds[1] < 0)
+                timeout = MIN(timeout, 5); /* pipes closed: the process is about to exit */
+        }
+    }
+    if (h->hb_sub && h->hb_max_misses > 0) {
+        gint64 limit = (gint64)h->hb_max_misses * (h->hb_period_ms + 500) * 1000;
+        if (now - h->last_ping_us > limit) {
+            g_critical("no heartbeat from the controller for %d periods, shutting down", h->hb_max_misses);
+            for (guint i = 0; i < h->engines->len; i++) {
+                Engine *e = h->engines->pdata[i];
+                if (e->state == ENGINE_RUNNING)
+                    engine_send_unregistration(e);
+                engine_stop(e);
+            }
+        }
+    }
+    return timeout;
+}
+
+static void host_run(EngineHost *h)
+{
+    PollSet p = { g_array_new(FALSE, FALSE, sizeof(zmq_pollitem_t)), g_array_new(FALSE, FALSE, sizeof(Source)) };
+    while (!stop_requested && h->n_stopped < h->engines->len) {
+        long timeout = check_timers(h);
+        pollset_build(h, &p);
+        int rc = zmq_poll((zmq_pollitem_t *)p.items->data, (int)p.items->len, timeout);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            g_critical("zmq_poll: %s", zmq_strerror(errno));
+            h->exit_status = 1;
+            break;
+        }
+        for (guint i = 0; i < p.items->len && rc > 0; i++) {
+            zmq_pollitem_t *item = &g_array_index(p.items, zmq_pollitem_t, i);
+            if (item->revents & (ZMQ_POLLIN | ZMQ_POLLERR))
+                handle_source(h, &g_array_index(p.sources, Source, i));
+        }
+    }
+    g_array_free(p.items, TRUE);
+    g_array_free(p.sources, TRUE);
+}
+
+/* Leaving on a signal: tell the controller, like ipengine's nanny does when the engine
+ * goes away. */
+static void host_unregister_all(EngineHost *h)
+{
+    for (guint i = 0; i < h->engines->len; i++) {
+        Engine *e = h->engines->pdata[i];
+        if (e->state == ENGINE_RUNNING)
+            engine_send_unregistration(e);
+        engine_stop(e);
+    }
+}
+
+/* ---- command line ---- */
+
+/* Wait for the connection file like ipengine does (it may not be written yet). */
+static gboolean wait_for_file(const char *path, double seconds)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)(seconds * G_USEC_PER_SEC);
+    while (!g_file_test(path, G_FILE_TEST_EXISTS)) {
+        if (g_get_monotonic_time() >= deadline)
+            return FALSE;
+        g_usleep(100 * 1000);
+    }
+    return TRUE;
+}
+
+static char *default_profile_dir(const char *ipython_dir, const char *profile)
+{
+    g_autofree char *base = ipython_dir ? g_strdup(ipython_dir)
+                            : g_getenv("IPYTHONDIR") ? g_strdup(g_getenv("IPYTHONDIR"))
+                                                     : g_build_filename(g_get_home_dir(), ".ipython", NULL);
+    g_autofree char *name = g_strdup_printf("profile_%s", profile ? profile : "default");
+    return g_build_filename(base, name, NULL);
+}
+
+/* Make room for thousands of sockets: each engine holds four, each using descriptors. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int herd_cmd_engine(int argc, char **argv)
+{
+    g_autofree char *file = NULL, *profile_dir = NULL, *profile = NULL, *ipython_dir = NULL, *cluster_id = NULL,
+                    *executor = NULL;
+    int count = 1, first_id = -1, hb_misses = 50;
+    double timeout = 5.0, wait_file = 10.0;
+    gboolean verbose = FALSE;
+    GOptionEntry entries[] = {
+        { "file", 'f', 0, G_OPTION_ARG_FILENAME, &file, "Engine connection file (ipcontroller-engine.json)", "PATH" },
+        { "profile-dir", 0, 0, G_OPTION_ARG_FILENAME, &profile_dir, "Profile directory holding security/", "DIR" },
+        { "profile", 0, 0, G_OPTION_ARG_STRING, &profile, "Profile name (default: default)", "NAME" },
+        { "ipython-dir", 0, 0, G_OPTION_ARG_FILENAME, &ipython_dir, "IPython directory (default: $IPYTHONDIR or ~/.ipython)", "DIR" },
+        { "cluster-id", 0, 0, G_OPTION_ARG_STRING, &cluster_id, "Cluster id (ipcontroller-<id>-engine.json)", "ID" },
+        { "executor", 'x', 0, G_OPTION_ARG_STRING, &executor, "echo or shell (default: shell)", "KIND" },
+        { "count", 'n', 0, G_OPTION_ARG_INT, &count, "Number of engines in this process (default: 1)", "N" },
+        { "id", 0, 0, G_OPTION_ARG_INT, &first_id, "Request engine ids starting at N", "N" },
+        { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &timeout, "Seconds to wait for the registration reply (default: 5)", "S" },
+        { "wait-for-file", 0, 0, G_OPTION_ARG_DOUBLE, &wait_file, "Seconds to wait for the connection file (default: 10)", "S" },
+        { "hb-misses", 0, 0, G_OPTION_ARG_INT, &hb_misses, "Stop after this many silent heartbeat periods; 0 = never (default: 50)", "N" },
+        { "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log every step", NULL },
+        { NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("- run native herd engines");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    GError *err = NULL;
+    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+        fprintf(stderr, "herd engine: %s\n", err->message);
+        g_error_free(err);
+        return 2;
+    }
+    if (verbose)
+        g_setenv("G_MESSAGES_DEBUG", "all", TRUE);
+    ExecutorKind kind = EXECUTOR_SHELL;
+    if (executor && g_str_equal(executor, "echo"))
+        kind = EXECUTOR_ECHO;
+    else if (executor && !g_str_equal(executor, "shell")) {
+        fprintf(stderr, "herd engine: unknown executor '%s' (expected echo or shell)\n", executor);
+        return 2;
+    }
+    if (count < 1) {
+        fprintf(stderr, "herd engine: --count must be at least 1\n");
+        return 2;
+    }
+    if (!file) {
+        g_autofree char *dir = profile_dir ? g_strdup(profile_dir) : default_profile_dir(ipython_dir, profile);
+        file = herd_connfile_path(dir, cluster_id, "engine");
+    }
+    if (!wait_for_file(file, wait_file)) {
+        fprintf(stderr, "herd engine: connection file %s not found\n", file);
+        return 1;
+    }
+
+    EngineHost h = { .executor = kind, .registration_timeout_ms = (int)(timeout * 1000),
+                     .hb_max_misses = hb_misses, .hb_period_ms = 3000 };
+    if (!herd_connfile_read(file, "engine", &h.ci, &err)) {
+        fprintf(stderr, "herd engine: %s: %s\n", file, err->message);
+        g_error_free(err);
+        return 1;
+    }
+    raise_fd_limit();
+    h.zctx = zmq_ctx_new();
+    zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);
+    h.engines = g_ptr_array_new();
+    struct sigaction sa = { .sa_handler = on_stop_signal };
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    for (int i = 0; i < count; i++) {
+        Engine *e = engine_new(&h, first_id >= 0 ? first_id + i : -1, &err);
+        if (!e) {
+            fprintf(stderr, "herd engine: %s\n", err->message);
+            g_error_free(err);
+            return 1;
+        }
+        g_ptr_array_add(h.engines, e);
+        engine_send_registration(e);
+    }
+    host_run(&h);
+    host_unregister_all(&h);
+
+    for (guint i = 0; i < h.engines->len; i++)
+        engine_free(h.engines->pdata[i]);
+    g_ptr_array_free(h.engines, TRUE);
+    if (h.iopub)
+        zmq_close(h.iopub);
+    if (h.hb_sub)
+        zmq_close(h.hb_sub);
+    zmq_ctx_term(h.zctx);
+    herd_conninfo_clear(&h.ci);
+    return h.exit_status;
+}
