@@ -1,1 +1,997 @@
-/* herd — placeholder, being written */
+/* herd — the router: binds every socket, relays frames, and hosts the scheduler plugins.
+ *
+ * Relayed messages are forwarded byte-identical (only the routing frames change), so the
+ * peers' signatures stay valid. The core reads just the header (requests) or parent header
+ * and metadata (replies) it needs to find the job; policy is the scheduler plugin's.
+ */
+#define G_LOG_DOMAIN "herd"
+#include "controller-private.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+
+#define RECV_BATCH 256
+
+static const char *const channel_names[CH_COUNT] = { "mux", "task", "broadcast", "control" };
+
+static Engine *engine_of_view(HerdEngine *view, int kind)
+{
+    return (Engine *)((char *)(view - kind) - offsetof(Engine, chan_view));
+}
+
+static Channel *channel_of(HerdSchedHost *host)
+{
+    return (Channel *)host; /* host is the first member */
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+static void *new_socket(HerdController *ctl, int type, const char *routing_id)
+{
+    void *s = zmq_socket(ctl->zctx, type);
+    int zero = 0, linger = 500;
+    zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    if (routing_id)
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
+    if (type == ZMQ_SUB)
+        zmq_setsockopt(s, ZMQ_SUBSCRIBE, "", 0);
+    if (strchr(ctl->cfg->ip ? ctl->cfg->ip : "", ':')) {
+        int one = 1;
+        zmq_setsockopt(s, ZMQ_IPV6, &one, sizeof one);
+    }
+    return s;
+}
+
+static int next_pool_port(gpointer data)
+{
+    HerdController *ctl = data;
+    GArray *ports = ctl->cfg->ports;
+    if (!ports || ctl->port_pool_next >= ports->len)
+        return 0;
+    return g_array_index(ports, int, ctl->port_pool_next++);
+}
+
+static gboolean open_side(HerdController *ctl, Side *side, const char *name, const char *plugin_name,
+                          const char *ip, GError **err)
+{
+    side->name = name;
+    side->plugin = herd_plugin_load(HERD_PLUGIN_TRANSPORT, plugin_name,
+                                    (const char *const *)ctl->plugin_path, err);
+    if (!side->plugin)
+        return FALSE;
+    side->ops = herd_plugin_descriptor(side->plugin)->ops;
+    g_autofree char *stem = ctl->cfg->cluster_id && *ctl->cfg->cluster_id
+                                ? g_strdup_printf("herd-%s", ctl->cfg->cluster_id)
+                                : g_strdup_printf("herd-%d", (int)getpid());
+    HerdTransportConfig tc = {
+        .side = name,
+        .ip = ip,
+        .stem = stem,
+        .conf = ctl->cfg->keyfile,
+        .next_port = next_pool_port,
+        .pool = ctl,
+    };
+    side->inst = side->ops->open(&tc, err);
+    if (!side->inst) {
+        g_prefix_error(err, "%s transport '%s': ", name, plugin_name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean bind_on(Side *side, void *sock, const char *channel, int type, int want, int *port,
+                        GError **err)
+{
+    if (side->ops->supports && !side->ops->supports(side->inst, channel, type, err))
+        return FALSE;
+    if (!side->ops->bind(side->inst, sock, channel, want, port, err)) {
+        g_prefix_error(err, "%s %s: ", side->name, channel);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+static void sub_free(gpointer p)
+{
+    Sub *sub = p;
+    herd_frames_clear(&sub->reply);
+    g_free(sub->sub_id);
+    g_free(sub->uuid);
+    g_free(sub->header);
+    g_free(sub);
+}
+
+static void job_free(Job *job)
+{
+    herd_frames_clear(&job->req);
+    g_free(job->msg_id);
+    g_free(job->msg_type);
+    g_free(job->target_uuid);
+    if (job->metadata)
+        json_node_unref(job->metadata);
+    if (job->subs)
+        g_ptr_array_free(job->subs, TRUE);
+    g_free(job);
+}
+
+static void job_finish(Channel *ch, Job *job)
+{
+    if (job->subs) {
+        for (guint i = 0; i < job->subs->len; i++)
+            g_hash_table_remove(ch->subs, ((Sub *)job->subs->pdata[i])->sub_id);
+    }
+    g_hash_table_remove(ch->jobs, job->msg_id);
+    job_free(job);
+}
+
+static void reply_free(Reply *r)
+{
+    herd_frames_clear(&r->frames);
+    g_free(r->status);
+    g_free(r->engine_uuid);
+    g_free(r);
+}
+
+/* Send and log failures; returns FALSE when the peer is unreachable. */
+static gboolean send_frames(void *sock, HerdFrames *f, const char *what)
+{
+    if (herd_frames_send(sock, f) == 0)
+        return TRUE;
+    int e = errno;
+    herd_frames_clear(f);
+    if (e != EHOSTUNREACH)
+        g_warning("%s: send failed: %s", what, zmq_strerror(e));
+    errno = e;
+    return FALSE;
+}
+
+/* ---------------------------------------------------------------- building messages */
+
+/* A controller-made reply to a request: prefix frames then a signed message. */
+static void build_reply(HerdController *ctl, HerdFrames *out, const char *msg_type, HerdBytes parent,
+                        JsonNode *metadata, JsonNode *content)
+{
+    herd_session_build_node(ctl->session, out, msg_type, parent, metadata, content, NULL);
+}
+
+static JsonNode *engine_error_metadata(const char *uuid, const Sub *sub)
+{
+    char date[HERD_ISO_LEN];
+    herd_iso_now(date);
+    JsonBuilder *b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "status");
+    json_builder_add_string_value(b, "error");
+    json_builder_set_member_name(b, "engine");
+    json_builder_add_string_value(b, uuid);
+    json_builder_set_member_name(b, "date");
+    json_builder_add_string_value(b, date);
+    if (sub) {
+        json_builder_set_member_name(b, "is_broadcast");
+        json_builder_add_boolean_value(b, TRUE);
+        json_builder_set_member_name(b, "is_coalescing");
+        json_builder_add_boolean_value(b, sub->job->coalescing);
+        json_builder_set_member_name(b, "original_msg_id");
+        json_builder_add_string_value(b, sub->job->msg_id);
+    }
+    json_builder_end_object(b);
+    JsonNode *n = json_builder_get_root(b);
+    g_object_unref(b);
+    return n;
+}
+
+/* ---------------------------------------------------------------- scheduler host ops */
+
+static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he);
+static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr);
+static void host_fail(HerdSchedHost *host, HerdJob *hj, const char *ename, const char *evalue);
+static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char *uuid);
+
+static HerdReply *host_reply_keep(HerdSchedHost *host, HerdReply *hr)
+{
+    (void)host;
+    ((Reply *)hr->core)->kept = TRUE;
+    return hr;
+}
+
+static void host_reply_free(HerdSchedHost *host, HerdReply *hr)
+{
+    (void)host;
+    Reply *r = hr->core;
+    if (r->consumed)
+        return; /* already handed to deliver */
+    r->kept = FALSE;
+    reply_free(r);
+}
+
+static HerdEngine *host_find_engine(HerdSchedHost *host, const char *uuid)
+{
+    Channel *ch = channel_of(host);
+    Engine *e = uuid ? herd_hub_engine(ch->ctl, uuid) : NULL;
+    return e ? &e->chan_view[ch->kind] : NULL;
+}
+
+typedef struct {
+    Channel *ch;
+    gpointer data;
+    guint id;
+} SchedTimer;
+
+static void sched_timer_fire(gpointer p)
+{
+    SchedTimer *t = p;
+    Channel *ch = t->ch;
+    gpointer data = t->data;
+    g_hash_table_remove(ch->ctl->sched_timers, GUINT_TO_POINTER(t->id));
+    ch->ops->timer(ch->sched, data);
+}
+
+static guint host_timer_add(HerdSchedHost *host, guint ms, gpointer data)
+{
+    Channel *ch = channel_of(host);
+    SchedTimer *t = g_new(SchedTimer, 1);
+    t->ch = ch;
+    t->data = data;
+    t->id = herd_loop_timer_add(ch->ctl->loop, ms, sched_timer_fire, t);
+    g_hash_table_insert(ch->ctl->sched_timers, GUINT_TO_POINTER(t->id), t);
+    return t->id;
+}
+
+static void host_timer_cancel(HerdSchedHost *host, guint id)
+{
+    Channel *ch = channel_of(host);
+    if (g_hash_table_remove(ch->ctl->sched_timers, GUINT_TO_POINTER(id)))
+        herd_loop_timer_cancel(ch->ctl->loop, id);
+}
+
+static gint64 host_now_us(HerdSchedHost *host)
+{
+    (void)host;
+    return g_get_monotonic_time();
+}
+
+static const HerdSchedHostOps host_ops = {
+    .dispatch = host_dispatch,
+    .deliver = host_deliver,
+    .fail = host_fail,
+    .engine_error = host_engine_error,
+    .reply_keep = host_reply_keep,
+    .reply_free = host_reply_free,
+    .find_engine = host_find_engine,
+    .timer_add = host_timer_add,
+    .timer_cancel = host_timer_cancel,
+    .now_us = host_now_us,
+};
+
+/* Hand a reply to the channel's scheduler; free it afterwards unless it was delivered or kept. */
+static void offer_reply(Channel *ch, Job *job, Reply *r)
+{
+    ch->ops->reply(ch->sched, &job->pub, &r->pub);
+    if (!r->consumed && !r->kept)
+        reply_free(r);
+}
+
+/* Build the per-engine broadcast request: msg_id "<orig>_<uuid>", metadata with
+ * original_msg_id and the single target, re-signed. */
+static Sub *broadcast_sub(Channel *ch, Job *job, Engine *e, HerdFrames *out)
+{
+    HerdController *ctl = ch->ctl;
+    const HerdFrames *req = &job->req;
+    g_autoptr(GError) err = NULL;
+    JsonNode *hdr = herd_json_parse_object(herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)), &err);
+    Sub *sub = g_new0(Sub, 1);
+    herd_frames_init(&sub->reply);
+    sub->job = job;
+    sub->uuid = g_strdup(e->uuid);
+    sub->engine_id = e->pub.id;
+    sub->sub_id = g_strdup_printf("%s_%s", job->msg_id, e->uuid);
+    json_object_set_string_member(json_node_get_object(hdr), "msg_id", sub->sub_id);
+    sub->header = herd_json_to_string(hdr, NULL);
+    json_node_unref(hdr);
+
+    JsonNode *md = json_node_copy(job->metadata);
+    JsonObject *mo = json_node_get_object(md);
+    json_object_set_string_member(mo, "original_msg_id", job->msg_id);
+    JsonArray *targets = json_array_new();
+    JsonArray *pair = json_array_new();
+    json_array_add_string_element(pair, e->uuid);
+    json_array_add_int_element(pair, e->pub.id);
+    json_array_add_array_element(targets, pair);
+    json_object_set_array_member(mo, "targets", targets);
+    gsize md_len;
+    char *md_str = herd_json_to_string(md, &md_len);
+    json_node_unref(md);
+
+    herd_frames_init(out);
+    herd_frames_push(out, e->uuid, strlen(e->uuid));
+    herd_frames_push_frame_copy(out, req, 0); /* client routing id */
+    herd_frames_push(out, HERD_DELIM, HERD_DELIM_LEN);
+    herd_frames_push(out, "", 0); /* signature, set below */
+    herd_frames_push(out, sub->header, strlen(sub->header));
+    herd_frames_push_frame_copy(out, req, herd_wire(req, HERD_WIRE_PARENT));
+    herd_frames_push_take(out, md_str, md_len);
+    for (guint i = herd_wire(req, HERD_WIRE_CONTENT); i < req->n; i++)
+        herd_frames_push_frame_copy(out, req, i);
+    herd_frames_find_delim(out);
+    herd_session_resign(ctl->session, out);
+    return sub;
+}
+
+static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
+{
+    Channel *ch = channel_of(host);
+    Job *job = hj->core;
+    Engine *e = engine_of_view(he, ch->kind);
+    HerdFrames out;
+
+    if (ch->kind == CH_BROADCAST) {
+        Sub *sub = broadcast_sub(ch, job, e, &out);
+        g_ptr_array_add(job->subs, sub);
+        g_hash_table_insert(ch->subs, sub->sub_id, sub);
+        if (!send_frames(ch->engine_sock, &out, "broadcast")) {
+            g_warning("broadcast: engine %d (%s) unreachable for %s", e->pub.id, e->uuid, job->msg_id);
+            Reply *r = host_engine_error(host, hj, e->uuid)->core;
+            offer_reply(ch, job, r);
+        }
+        return;
+    }
+
+    if (job->engine)
+        herd_hub_job_undispatched(ch->ctl, job);
+    herd_frames_copy(&out, &job->req);
+    if (ch->kind == CH_MUX)
+        herd_frames_swap(&out, 0, 1); /* [C, E, M] -> [E, C, M] */
+    else
+        herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
+    job->engine = e;
+    herd_hub_job_dispatched(ch->ctl, job, e);
+    if (!send_frames(ch->engine_sock, &out, ch->name)) {
+        g_warning("%s: engine %d (%s) unreachable for %s", ch->name, e->pub.id, e->uuid, job->msg_id);
+        herd_hub_job_undispatched(ch->ctl, job);
+        job->engine = NULL;
+        Reply *r = host_engine_error(host, hj, e->uuid)->core;
+        offer_reply(ch, job, r);
+    }
+}
+
+/* Coalescing broadcast: one message from the last reply, every engine's buffers in target order. */
+static void send_coalesced(Channel *ch, Job *job, Reply *last)
+{
+    HerdController *ctl = ch->ctl;
+    HerdFrames *lf = &last->frames;
+    g_autoptr(GError) err = NULL;
+    JsonNode *md = herd_json_parse_object(herd_frame_bytes(lf, herd_wire(lf, HERD_WIRE_METADATA)), &err);
+    if (!md)
+        md = json_node_init_object(json_node_alloc(), json_object_new());
+    JsonArray *targets = json_array_new();
+    for (guint i = 0; i < job->subs->len; i++) {
+        Sub *s = job->subs->pdata[i];
+        JsonArray *pair = json_array_new();
+        json_array_add_string_element(pair, s->uuid);
+        json_array_add_int_element(pair, s->engine_id);
+        json_array_add_array_element(targets, pair);
+    }
+    json_object_set_array_member(json_node_get_object(md), "broadcast_targets", targets);
+    gsize md_len;
+    char *md_str = herd_json_to_string(md, &md_len);
+    json_node_unref(md);
+
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_frames_push_frame_copy(&out, &job->req, 0);
+    herd_frames_push(&out, HERD_DELIM, HERD_DELIM_LEN);
+    herd_frames_push(&out, "", 0);
+    herd_frames_push_frame_copy(&out, lf, herd_wire(lf, HERD_WIRE_HEADER));
+    herd_frames_push_frame_copy(&out, lf, herd_wire(lf, HERD_WIRE_PARENT));
+    herd_frames_push_take(&out, md_str, md_len);
+    herd_frames_push_frame_copy(&out, lf, herd_wire(lf, HERD_WIRE_CONTENT));
+    for (guint i = 0; i < job->subs->len; i++) {
+        Sub *s = job->subs->pdata[i];
+        HerdFrames *rf = s->reply.n ? &s->reply : NULL;
+        if (!rf)
+            continue;
+        for (guint k = herd_wire(rf, HERD_WIRE_BUFFERS); k < rf->n; k++)
+            herd_frames_push_frame_copy(&out, rf, k);
+    }
+    herd_frames_find_delim(&out);
+    herd_session_resign(ctl->session, &out);
+    send_frames(ch->client_sock, &out, "broadcast");
+}
+
+static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
+{
+    Sub *sub = r->sub;
+    if (!sub || sub->done) {
+        reply_free(r);
+        return;
+    }
+    sub->done = TRUE;
+    job->n_delivered++;
+    gboolean last = job->n_delivered == job->subs->len;
+    if (job->coalescing) {
+        /* keep the frames; the last one to arrive shapes the merged reply */
+        herd_frames_copy(&sub->reply, &r->frames);
+        if (last)
+            send_coalesced(ch, job, r);
+    } else {
+        HerdFrames *f = &r->frames;
+        herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
+        send_frames(ch->client_sock, f, "broadcast");
+    }
+    reply_free(r);
+    if (last)
+        job_finish(ch, job);
+}
+
+static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
+{
+    Channel *ch = channel_of(host);
+    Job *job = hj->core;
+    Reply *r = hr->core;
+    r->consumed = TRUE;
+    if (ch->kind == CH_BROADCAST) {
+        deliver_broadcast(ch, job, r);
+        return;
+    }
+    Engine *e = r->engine_uuid ? g_hash_table_lookup(ch->ctl->engines_by_uuid, r->engine_uuid) : NULL;
+    if (job->engine)
+        herd_hub_job_undispatched(ch->ctl, job);
+    herd_hub_job_finished(ch->ctl, job, &r->frames, e, r->status);
+    /* ipyparallel clients fail MUX requests of a dead engine themselves, on the
+     * unregistration notification; a second answer would only print "stale result". */
+    if (!(ch->kind == CH_MUX && r->pub.synthesized)) {
+        herd_frames_swap(&r->frames, 0, 1); /* [E, C, M'] -> [C, E, M'] */
+        send_frames(ch->client_sock, &r->frames, ch->name);
+    }
+    reply_free(r);
+    job_finish(ch, job);
+}
+
+/* The error replies of a broadcast job that never reached its engines. */
+static void fail_broadcast(Channel *ch, Job *job, JsonNode *content)
+{
+    HerdController *ctl = ch->ctl;
+    JsonBuilder *b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "is_broadcast");
+    json_builder_add_boolean_value(b, TRUE);
+    json_builder_set_member_name(b, "is_coalescing");
+    json_builder_add_boolean_value(b, job->coalescing);
+    json_builder_set_member_name(b, "original_msg_id");
+    json_builder_add_string_value(b, job->msg_id);
+    if (job->coalescing) {
+        json_builder_set_member_name(b, "broadcast_targets");
+        json_builder_begin_array(b);
+        json_builder_end_array(b);
+    }
+    json_builder_end_object(b);
+    JsonNode *md = json_builder_get_root(b);
+    g_object_unref(b);
+
+    const HerdFrames *req = &job->req;
+    HerdBytes parent = herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER));
+    JsonObject *mo = json_node_get_object(job->metadata);
+    JsonNode *tn = json_object_get_member(mo, "targets");
+    JsonArray *targets = tn && JSON_NODE_HOLDS_ARRAY(tn) ? json_node_get_array(tn) : NULL;
+    guint n = (targets && !job->coalescing) ? json_array_get_length(targets) : 0;
+    for (guint i = 0; i < n; i++) {
+        JsonNode *pn = json_array_get_element(targets, i);
+        JsonArray *pair = JSON_NODE_HOLDS_ARRAY(pn) ? json_node_get_array(pn) : NULL;
+        JsonNode *un = pair && json_array_get_length(pair) > 0 ? json_array_get_element(pair, 0) : NULL;
+        const char *uuid = un && JSON_NODE_HOLDS_VALUE(un) && json_node_get_value_type(un) == G_TYPE_STRING
+                               ? json_node_get_string(un) : NULL;
+        if (!uuid)
+            continue;
+        JsonNode *hdr = herd_json_parse_object(parent, NULL);
+        g_autofree char *sub_id = g_strdup_printf("%s_%s", job->msg_id, uuid);
+        json_object_set_string_member(json_node_get_object(hdr), "msg_id", sub_id);
+        gsize len;
+        g_autofree char *sub_hdr = herd_json_to_string(hdr, &len);
+        json_node_unref(hdr);
+        HerdFrames out;
+        herd_frames_init(&out);
+        herd_frames_push_frame_copy(&out, req, 0);
+        build_reply(ctl, &out, "apply_reply", (HerdBytes){ sub_hdr, len }, md, content);
+        send_frames(ch->client_sock, &out, "broadcast");
+    }
+    if (job->coalescing || n == 0) {
+        HerdFrames out;
+        herd_frames_init(&out);
+        herd_frames_push_frame_copy(&out, req, 0);
+        build_reply(ctl, &out, "apply_reply", parent, md, content);
+        send_frames(ch->client_sock, &out, "broadcast");
+    }
+    json_node_unref(md);
+}
+
+static void host_fail(HerdSchedHost *host, HerdJob *hj, const char *ename, const char *evalue)
+{
+    Channel *ch = channel_of(host);
+    Job *job = hj->core;
+    HerdController *ctl = ch->ctl;
+    g_info("%s: %s failed by the scheduler: %s %s", ch->name, job->msg_id, ename, evalue ? evalue : "");
+    JsonNode *content = herd_error_content(ename, evalue ? evalue : "");
+    if (ch->kind == CH_BROADCAST) {
+        fail_broadcast(ch, job, content);
+        json_node_unref(content);
+        job_finish(ch, job);
+        return;
+    }
+    if (job->engine)
+        herd_hub_job_undispatched(ctl, job);
+    const HerdFrames *req = &job->req;
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_frames_push_frame_copy(&out, req, 0); /* client */
+    build_reply(ctl, &out, "apply_reply", herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)), NULL,
+                content);
+    json_node_unref(content);
+    /* the record wants the reply as [E, C, M]: give it an empty engine frame */
+    HerdFrames rec;
+    herd_frames_copy(&rec, &out);
+    herd_frames_insert(&rec, 0, "", 0);
+    herd_hub_job_finished(ctl, job, &rec, NULL, "error");
+    herd_frames_clear(&rec);
+    send_frames(ch->client_sock, &out, ch->name);
+    job_finish(ch, job);
+}
+
+static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char *uuid)
+{
+    Channel *ch = channel_of(host);
+    Job *job = hj->core;
+    HerdController *ctl = ch->ctl;
+    Reply *r = g_new0(Reply, 1);
+    herd_frames_init(&r->frames);
+    Sub *sub = NULL;
+    HerdBytes parent;
+    if (ch->kind == CH_BROADCAST) {
+        for (guint i = 0; job->subs && i < job->subs->len; i++) {
+            Sub *s = job->subs->pdata[i];
+            if (g_strcmp0(s->uuid, uuid) == 0 && !s->done)
+                sub = s;
+        }
+    }
+    if (sub)
+        parent = (HerdBytes){ sub->header, strlen(sub->header) };
+    else
+        parent = herd_frame_bytes(&job->req, herd_wire(&job->req, HERD_WIRE_HEADER));
+    g_autofree char *evalue =
+        g_strdup_printf("Engine b'%s' died while running task '%s'", uuid, sub ? sub->sub_id : job->msg_id);
+    JsonNode *content = herd_error_content("EngineError", evalue);
+    JsonNode *md = engine_error_metadata(uuid, sub);
+    herd_frames_push(&r->frames, uuid, strlen(uuid));
+    herd_frames_push_frame_copy(&r->frames, &job->req, 0);
+    build_reply(ctl, &r->frames, "apply_reply", parent, md, content);
+    json_node_unref(content);
+    json_node_unref(md);
+    r->sub = sub;
+    r->status = g_strdup("error");
+    r->engine_uuid = g_strdup(uuid);
+    r->pub.status = r->status;
+    r->pub.dependencies_met = TRUE;
+    r->pub.synthesized = TRUE;
+    r->pub.core = r;
+    HerdEngine *view = host_find_engine(host, uuid);
+    r->pub.engine = view;
+    return &r->pub;
+}
+
+/* ---------------------------------------------------------------- relays */
+
+/* Receive up to RECV_BATCH messages from sock and hand each to fn. */
+static void drain(void *sock, void (*fn)(Channel *, HerdFrames *), Channel *ch)
+{
+    for (int i = 0; i < RECV_BATCH; i++) {
+        HerdFrames f;
+        herd_frames_init(&f);
+        if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
+            return;
+        fn(ch, &f);
+        herd_frames_clear(&f);
+    }
+}
+
+/* Signature, replay and layout checks shared by every relay. */
+static gboolean accept_message(HerdController *ctl, const char *where, HerdFrames *f, guint n_prefix)
+{
+    if (!herd_frames_is_wire(f) || (guint)f->delim != n_prefix) {
+        herd_hub_drop(ctl, where, f->delim < 0 ? "no <IDS|MSG> delimiter" : "malformed routing prefix or truncated message");
+        return FALSE;
+    }
+    HerdVerify v = herd_session_verify(ctl->session, f);
+    if (v != HERD_VERIFY_OK) {
+        herd_hub_drop(ctl, where, herd_verify_str(v));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void relay_control_request(HerdController *ctl, Channel *ch, HerdFrames *f)
+{
+    herd_frames_swap(f, 0, 1); /* [C, E, M] -> [E, C, M] */
+    if (!send_frames(ch->engine_sock, f, "control"))
+        herd_hub_drop(ctl, "control", "request for an engine that is not connected");
+}
+
+static void on_client_request(Channel *ch, HerdFrames *f)
+{
+    HerdController *ctl = ch->ctl;
+    gboolean named = ch->kind == CH_MUX || ch->kind == CH_CONTROL;
+    if (!accept_message(ctl, ch->name, f, named ? 2 : 1))
+        return;
+    if (ch->kind == CH_CONTROL) {
+        relay_control_request(ctl, ch, f);
+        return;
+    }
+    g_autoptr(GError) err = NULL;
+    JsonNode *hdr = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), &err);
+    if (!hdr) {
+        herd_hub_drop(ctl, ch->name, "header is not a JSON object");
+        return;
+    }
+    JsonObject *ho = json_node_get_object(hdr);
+    const char *msg_id = herd_json_str(ho, "msg_id");
+    const char *msg_type = herd_json_str(ho, "msg_type");
+    if (!msg_id || !*msg_id || !msg_type) {
+        herd_hub_drop(ctl, ch->name, "header without msg_id or msg_type");
+        json_node_unref(hdr);
+        return;
+    }
+    if (ch->kind == CH_MUX && g_str_has_prefix(msg_type, "comm_")) {
+        /* comm messages get no reply: relay without tracking */
+        json_node_unref(hdr);
+        herd_frames_swap(f, 0, 1);
+        send_frames(ch->engine_sock, f, "mux");
+        return;
+    }
+    if (g_hash_table_contains(ch->jobs, msg_id)) {
+        herd_hub_drop(ctl, ch->name, "duplicate msg_id of a request in flight");
+        json_node_unref(hdr);
+        return;
+    }
+    JsonNode *md = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err);
+    if (!md) {
+        herd_hub_drop(ctl, ch->name, "metadata is not a JSON object");
+        json_node_unref(hdr);
+        return;
+    }
+    Job *job = g_new0(Job, 1);
+    job->ch = ch;
+    job->req = *f; /* take the frames */
+    herd_frames_init(f);
+    job->msg_id = g_strdup(msg_id);
+    job->msg_type = g_strdup(msg_type);
+    json_node_unref(hdr);
+    job->metadata = md;
+    job->seq = ++ctl->job_seq;
+    if (ch->kind == CH_MUX)
+        job->target_uuid = g_strndup(herd_frame_data(&job->req, 1), herd_frame_size(&job->req, 1));
+    if (ch->kind == CH_BROADCAST) {
+        job->subs = g_ptr_array_new_with_free_func(sub_free);
+        job->coalescing = herd_json_bool(json_node_get_object(md), "is_coalescing", FALSE);
+    }
+    job->pub.msg_id = job->msg_id;
+    job->pub.msg_type = job->msg_type;
+    job->pub.target_uuid = job->target_uuid;
+    job->pub.metadata = json_node_get_object(md);
+    job->pub.received_us = g_get_monotonic_time();
+    job->pub.core = job;
+    g_hash_table_insert(ch->jobs, job->msg_id, job);
+    herd_hub_job_received(ctl, job);
+    ch->ops->request(ch->sched, &job->pub);
+}
+
+static void on_engine_reply(Channel *ch, HerdFrames *f)
+{
+    HerdController *ctl = ch->ctl;
+    if (!accept_message(ctl, ch->name, f, 2))
+        return;
+    if (ch->kind == CH_CONTROL) {
+        herd_frames_swap(f, 0, 1);
+        send_frames(ch->client_sock, f, "control");
+        return;
+    }
+    g_autoptr(GError) err = NULL;
+    JsonNode *parent = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)), &err);
+    JsonNode *md = parent ? herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err)
+                          : NULL;
+    if (!parent || !md) {
+        herd_hub_drop(ctl, ch->name, "reply with a parent header or metadata that is not a JSON object");
+        if (parent)
+            json_node_unref(parent);
+        return;
+    }
+    const char *pid = herd_json_str(json_node_get_object(parent), "msg_id");
+    Job *job = NULL;
+    Sub *sub = NULL;
+    if (pid) {
+        if (ch->kind == CH_BROADCAST) {
+            sub = g_hash_table_lookup(ch->subs, pid);
+            job = sub ? sub->job : NULL;
+        } else {
+            job = g_hash_table_lookup(ch->jobs, pid);
+        }
+    }
+    if (!job) {
+        if (ch->kind == CH_MUX) {
+            /* not ours to judge: relay like a plain MUX device */
+            herd_frames_swap(f, 0, 1);
+            send_frames(ch->client_sock, f, "mux");
+        } else {
+            herd_hub_drop(ctl, ch->name, "reply to an unknown request");
+        }
+        json_node_unref(parent);
+        json_node_unref(md);
+        return;
+    }
+    JsonObject *mo = json_node_get_object(md);
+    Reply *r = g_new0(Reply, 1);
+    r->frames = *f;
+    herd_frames_init(f);
+    r->sub = sub;
+    r->engine_uuid = g_strndup(herd_frame_data(&r->frames, 0), herd_frame_size(&r->frames, 0));
+    const char *status = herd_json_str(mo, "status");
+    r->status = g_strdup(status ? status : "ok");
+    r->pub.status = r->status;
+    r->pub.dependencies_met = herd_json_bool(mo, "dependencies_met", TRUE);
+    r->pub.engine = host_find_engine(&ch->host, r->engine_uuid);
+    r->pub.core = r;
+    json_node_unref(parent);
+    json_node_unref(md);
+    if (job->engine && ch->kind != CH_BROADCAST) {
+        herd_hub_job_undispatched(ctl, job); /* it is no longer running there */
+        job->engine = NULL;
+    }
+    offer_reply(ch, job, r);
+}
+
+static void on_client_sock(void *sock, gpointer data)
+{
+    drain(sock, on_client_request, data);
+}
+
+static void on_engine_sock(void *sock, gpointer data)
+{
+    drain(sock, on_engine_reply, data);
+}
+
+static void on_iopub_msg(Channel *ch, HerdFrames *f)
+{
+    HerdController *ctl = ch->ctl;
+    if (!accept_message(ctl, "iopub", f, (guint)MAX(f->delim, 0)))
+        return;
+    herd_hub_iopub(ctl, f);
+    send_frames(ctl->iopub_out, f, "iopub");
+}
+
+static void on_iopub(void *sock, gpointer data)
+{
+    drain(sock, on_iopub_msg, data);
+}
+
+/* ---------------------------------------------------------------- engines */
+
+void herd_router_engine_up(HerdController *ctl, Engine *e)
+{
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        e->chan_view[k] = (HerdEngine){ .id = e->pub.id, .uuid = e->uuid, .sched = NULL };
+        if (ch->ops)
+            ch->ops->engine_up(ch->sched, &e->chan_view[k]);
+    }
+}
+
+void herd_router_engine_down(HerdController *ctl, Engine *e)
+{
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        if (ch->ops)
+            ch->ops->engine_down(ch->sched, &e->chan_view[k]);
+    }
+}
+
+gboolean herd_router_is_pending(HerdController *ctl, const char *msg_id)
+{
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        if (ch->jobs && (g_hash_table_contains(ch->jobs, msg_id) ||
+                         (ch->subs && g_hash_table_contains(ch->subs, msg_id))))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+/* Create a channel's two ROUTERs (with the routing ids engines see) and bind the engine
+ * side; the client side is bound later, in ipcontroller's port order. */
+static gboolean make_channel_sockets(HerdController *ctl, Channel *ch, const char *client_id,
+                                     const char *engine_id, int *engine_port, GError **err)
+{
+    ch->client_sock = new_socket(ctl, ZMQ_ROUTER, client_id);
+    ch->engine_sock = new_socket(ctl, ZMQ_ROUTER, engine_id);
+    /* an engine that is registered but not connected must be an error, not a silent drop */
+    int one = 1;
+    zmq_setsockopt(ch->engine_sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    return bind_on(&ctl->engine_side, ch->engine_sock, ch->name, ZMQ_ROUTER, *engine_port, engine_port, err);
+}
+
+static void init_channel(HerdController *ctl, int kind)
+{
+    Channel *ch = &ctl->ch[kind];
+    ch->host.ops = &host_ops;
+    ch->host.channel = channel_names[kind];
+    ch->kind = kind;
+    ch->name = channel_names[kind];
+    ch->ctl = ctl;
+    ch->jobs = g_hash_table_new(g_str_hash, g_str_equal);
+    if (kind == CH_BROADCAST)
+        ch->subs = g_hash_table_new(g_str_hash, g_str_equal);
+}
+
+gboolean herd_router_bind_all(HerdController *ctl, GError **err)
+{
+    HerdConfig *cfg = ctl->cfg;
+    HerdConnPorts *cp = &ctl->client_info.ports, *ep = &ctl->engine_info.ports;
+    for (int k = 0; k < CH_COUNT; k++)
+        init_channel(ctl, k);
+
+    if (!open_side(ctl, &ctl->client_side, "client", cfg->client_transport, cfg->client_ip, err) ||
+        !open_side(ctl, &ctl->engine_side, "engine", cfg->engine_transport, cfg->engine_ip, err))
+        return FALSE;
+
+    /* Order as ipcontroller draws from --ports: registration, engine side, client side. */
+    ctl->registration = new_socket(ctl, ZMQ_ROUTER, NULL);
+    if (!bind_on(&ctl->client_side, ctl->registration, "registration", ZMQ_ROUTER, cp->registration,
+                 &cp->registration, err))
+        return FALSE;
+    gboolean same_side = g_strcmp0(cfg->client_transport, cfg->engine_transport) == 0 &&
+                         g_strcmp0(cfg->client_ip, cfg->engine_ip) == 0;
+    if (same_side) {
+        ep->registration = cp->registration;
+    } else if (!bind_on(&ctl->engine_side, ctl->registration, "registration", ZMQ_ROUTER, ep->registration,
+                        &ep->registration, err)) {
+        return FALSE;
+    }
+
+    if (!make_channel_sockets(ctl, &ctl->ch[CH_CONTROL], "control_in", "control_out", &ep->control, err) ||
+        !make_channel_sockets(ctl, &ctl->ch[CH_MUX], "mux_in", "mux_out", &ep->mux, err) ||
+        !make_channel_sockets(ctl, &ctl->ch[CH_TASK], "task_in", "task_out", &ep->task, err))
+        return FALSE;
+    ctl->iopub_in = new_socket(ctl, ZMQ_SUB, NULL);
+    ctl->hb_ping = new_socket(ctl, ZMQ_PUB, NULL);
+    ctl->hb_pong = new_socket(ctl, ZMQ_ROUTER, NULL);
+    if (!bind_on(&ctl->engine_side, ctl->iopub_in, "iopub", ZMQ_SUB, ep->iopub, &ep->iopub, err) ||
+        !bind_on(&ctl->engine_side, ctl->hb_ping, "hb_ping", ZMQ_PUB, ep->hb_ping, &ep->hb_ping, err) ||
+        !bind_on(&ctl->engine_side, ctl->hb_pong, "hb_pong", ZMQ_ROUTER, ep->hb_pong, &ep->hb_pong, err))
+        return FALSE;
+    if (!make_channel_sockets(ctl, &ctl->ch[CH_BROADCAST], "sub_scheduler_0", "sub_scheduler_00",
+                              &ep->broadcast_engine[0], err))
+        return FALSE;
+    ep->n_broadcast_engine = 1;
+
+    struct {
+        void *sock;
+        const char *name;
+        int type;
+        int *port;
+    } client_binds[] = {
+        { ctl->ch[CH_CONTROL].client_sock, "control", ZMQ_ROUTER, &cp->control },
+        { ctl->ch[CH_MUX].client_sock, "mux", ZMQ_ROUTER, &cp->mux },
+        { ctl->ch[CH_TASK].client_sock, "task", ZMQ_ROUTER, &cp->task },
+        { NULL, "iopub", ZMQ_PUB, &cp->iopub },
+        { NULL, "notification", ZMQ_PUB, &cp->notification },
+        { ctl->ch[CH_BROADCAST].client_sock, "broadcast", ZMQ_ROUTER, &cp->broadcast },
+    };
+    ctl->iopub_out = new_socket(ctl, ZMQ_PUB, NULL);
+    ctl->notification = new_socket(ctl, ZMQ_PUB, NULL);
+    client_binds[3].sock = ctl->iopub_out;
+    client_binds[4].sock = ctl->notification;
+    for (guint i = 0; i < G_N_ELEMENTS(client_binds); i++) {
+        if (!bind_on(&ctl->client_side, client_binds[i].sock, client_binds[i].name, client_binds[i].type,
+                     *client_binds[i].port, client_binds[i].port, err))
+            return FALSE;
+    }
+    /* the engine file mirrors these keys for its own side */
+    ep->broadcast = ep->broadcast_engine[0];
+
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        herd_loop_add_socket(ctl->loop, ch->client_sock, on_client_sock, ch);
+        herd_loop_add_socket(ctl->loop, ch->engine_sock, on_engine_sock, ch);
+    }
+    herd_loop_add_socket(ctl->loop, ctl->iopub_in, on_iopub, &ctl->ch[CH_MUX]);
+    herd_loop_add_socket(ctl->loop, ctl->registration, herd_hub_on_registration, ctl);
+    herd_loop_add_socket(ctl->loop, ctl->hb_pong, herd_hub_on_pong, ctl);
+
+    ctl->client_info.interface = g_strdup(ctl->client_side.ops->interface(ctl->client_side.inst));
+    ctl->engine_info.interface = g_strdup(ctl->engine_side.ops->interface(ctl->engine_side.inst));
+    return TRUE;
+}
+
+gboolean herd_router_load_schedulers(HerdController *ctl, GError **err)
+{
+    HerdConfig *cfg = ctl->cfg;
+    const char *names[CH_COUNT] = { cfg->mux_scheduler, cfg->task_scheduler, cfg->broadcast_scheduler, NULL };
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        if (!names[k])
+            continue;
+        ch->plugin = herd_plugin_load(HERD_PLUGIN_SCHEDULER, names[k], (const char *const *)ctl->plugin_path, err);
+        if (!ch->plugin) {
+            g_prefix_error(err, "%s channel: ", ch->name);
+            return FALSE;
+        }
+        ch->ops = herd_plugin_descriptor(ch->plugin)->ops;
+        g_autofree char *group = g_strdup_printf("scheduler.%s", ch->name);
+        ch->sched = ch->ops->create(&ch->host, cfg->keyfile, group, err);
+        if (!ch->sched) {
+            g_prefix_error(err, "%s channel, scheduler '%s': ", ch->name, names[k]);
+            return FALSE;
+        }
+    }
+    const char *scheme = ctl->ch[CH_TASK].ops->scheme ? ctl->ch[CH_TASK].ops->scheme(ctl->ch[CH_TASK].sched) : NULL;
+    g_free(ctl->client_info.task_scheme);
+    ctl->client_info.task_scheme = g_strdup(scheme ? scheme : "leastload");
+    return TRUE;
+}
+
+static void close_sock(void **s)
+{
+    if (*s) {
+        zmq_close(*s);
+        *s = NULL;
+    }
+}
+
+void herd_router_close(HerdController *ctl)
+{
+    for (int k = 0; k < CH_COUNT; k++) {
+        Channel *ch = &ctl->ch[k];
+        if (ch->ops && ch->sched)
+            ch->ops->destroy(ch->sched);
+        ch->sched = NULL;
+        if (ch->jobs) {
+            GHashTableIter it;
+            gpointer key, val;
+            g_hash_table_iter_init(&it, ch->jobs);
+            while (g_hash_table_iter_next(&it, &key, &val)) {
+                g_hash_table_iter_steal(&it);
+                job_free(val);
+            }
+            g_hash_table_destroy(ch->jobs);
+            ch->jobs = NULL;
+        }
+        if (ch->subs) {
+            g_hash_table_destroy(ch->subs);
+            ch->subs = NULL;
+        }
+        close_sock(&ch->client_sock);
+        close_sock(&ch->engine_sock);
+        if (ch->plugin)
+            herd_plugin_unload(ch->plugin);
+        ch->plugin = NULL;
+        ch->ops = NULL;
+    }
+    close_sock(&ctl->registration);
+    close_sock(&ctl->notification);
+    close_sock(&ctl->iopub_in);
+    close_sock(&ctl->iopub_out);
+    close_sock(&ctl->hb_ping);
+    close_sock(&ctl->hb_pong);
+    Side *sides[] = { &ctl->client_side, &ctl->engine_side };
+    for (guint i = 0; i < G_N_ELEMENTS(sides); i++) {
+        if (sides[i]->inst)
+            sides[i]->ops->close(sides[i]->inst);
+        sides[i]->inst = NULL;
+        if (sides[i]->plugin)
+            herd_plugin_unload(sides[i]->plugin);
+        sides[i]->plugin = NULL;
+    }
+}
