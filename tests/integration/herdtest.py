@@ -450,3 +450,11 @@ class Cluster:
         self.controller.forget_log()
         if problems:
             raise AssertionError(report)
+
+
+def kill_pid(pid, sig=signal.SIGKILL):
+    """Signal one process this suite started (directly or as a descendant)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
