@@ -1,0 +1,418 @@
+/* Unit tests of the native client API (core/client.c) against an in-process fake
+ * controller: a thread that binds the client-facing sockets, answers the connection
+ * request and plays the engines (it answers every request itself). */
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include <herd/client.h>
+#include <herd/wire.h>
+
+#define KEY "test-key-0123456789"
+#define ENGINE_A "aaaaaaaa-000000000000000000000000"
+#define ENGINE_B "bbbbbbbb-000000000000000000000000"
+#define ENGINE_C "cccccccc-000000000000000000000000"
+
+enum { F_REG, F_MUX, F_TASK, F_BCAST, F_CONTROL, F_IOPUB, F_NOTIF, F_N };
+
+typedef struct FakeController {
+    void *zctx;
+    void *socks[F_N];
+    int ports[F_N];
+    HerdSession *session;
+    GThread *thread;
+    gint stop;             /* atomic */
+    gint announce_engine;  /* atomic: publish a registration_notification for ENGINE_C */
+    guint task_turn;
+    char *dir, *connfile;
+} FakeController;
+
+static int bind_any(void *sock)
+{
+    g_assert_cmpint(zmq_bind(sock, "tcp://127.0.0.1:*"), ==, 0);
+    char url[256];
+    size_t len = sizeof url;
+    zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, url, &len);
+    return atoi(strrchr(url, ':') + 1);
+}
+
+static void write_connfile(FakeController *fc)
+{
+    g_autofree char *json = g_strdup_printf(
+        "{\"ssh\": \"\", \"interface\": \"tcp://127.0.0.1\", \"registration\": %d, \"control\": %d, "
+        "\"mux\": %d, \"task\": %d, \"task_scheme\": \"leastload\", \"iopub\": %d, \"notification\": %d, "
+        "\"broadcast\": %d, \"key\": \"" KEY "\", \"curve_serverkey\": null, \"location\": \"localhost\", "
+        "\"pack\": \"json\", \"unpack\": \"json\", \"signature_scheme\": \"hmac-sha256\"}",
+        fc->ports[F_REG], fc->ports[F_CONTROL], fc->ports[F_MUX], fc->ports[F_TASK], fc->ports[F_IOPUB],
+        fc->ports[F_NOTIF], fc->ports[F_BCAST]);
+    fc->dir = g_dir_make_tmp("herd-test-client-XXXXXX", NULL);
+    fc->connfile = g_build_filename(fc->dir, "ipcontroller-client.json", NULL);
+    g_assert_true(g_file_set_contents(fc->connfile, json, -1, NULL));
+}
+
+/* Build an engine reply to request frames `req` (prefix already stripped to the delimiter
+ * index), with parent = `parent` bytes, echoing the request buffers. */
+static void send_engine_reply(FakeController *fc, void *sock, const char *client_id, gsize client_id_len,
+                              const char *engine, gboolean engine_frame, const HerdFrames *req, HerdBytes parent,
+                              const char *original_msg_id)
+{
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_frames_push(&out, client_id, client_id_len);
+    if (engine_frame)
+        herd_frames_push(&out, engine, strlen(engine));
+    g_autofree char *metadata = g_strdup_printf(
+        "{\"started\": \"2026-01-01T00:00:00.000001Z\", \"dependencies_met\": true, \"engine\": \"%s\", "
+        "\"is_broadcast\": %s, \"is_coalescing\": false, \"original_msg_id\": \"%s\", \"status\": \"ok\"}",
+        engine, original_msg_id ? "true" : "false", original_msg_id ? original_msg_id : "");
+    herd_session_build(fc->session, &out, "apply_reply", parent, HERD_BYTES_STR(metadata),
+                       HERD_BYTES_STR("{\"status\": \"ok\"}"), NULL);
+    for (guint i = herd_wire(req, HERD_WIRE_BUFFERS); i < req->n; i++)
+        herd_frames_push_frame_copy(&out, req, i);
+    g_assert_cmpint(herd_frames_send(sock, &out), ==, 0);
+}
+
+static void publish_idle(FakeController *fc, const char *engine, HerdBytes parent)
+{
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_frames_push(&out, "engine.0.status", 15);
+    g_autofree char *metadata = g_strdup_printf("{\"engine\": \"%s\"}", engine);
+    herd_session_build(fc->session, &out, "status", parent, HERD_BYTES_STR(metadata),
+                       HERD_BYTES_STR("{\"execution_state\": \"idle\"}"), NULL);
+    herd_frames_send(fc->socks[F_IOPUB], &out);
+}
+
+static void answer_registration(FakeController *fc, HerdFrames *in)
+{
+    HerdFrames out;
+    herd_frames_init(&out);
+    herd_frames_push_frame_copy(&out, in, 0);
+    herd_session_build(fc->session, &out, "connection_reply", herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)),
+                       HERD_BYTES_NULL,
+                       HERD_BYTES_STR("{\"status\": \"ok\", \"engines\": {\"0\": \"" ENGINE_A "\", \"1\": \"" ENGINE_B "\"}}"),
+                       NULL);
+    herd_frames_send(fc->socks[F_REG], &out);
+}
+
+/* MUX: [C, E, M] -> reply [C, E, M'] and an idle status on IOPub. */
+static void answer_mux(FakeController *fc, HerdFrames *in)
+{
+    HerdBytes parent = herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER));
+    g_autofree char *engine = g_strndup(herd_frame_data(in, 1), herd_frame_size(in, 1));
+    send_engine_reply(fc, fc->socks[F_MUX], herd_frame_data(in, 0), herd_frame_size(in, 0), engine, TRUE, in, parent,
+                      NULL);
+    publish_idle(fc, engine, parent);
+}
+
+/* Task: [C, M] -> the engines take turns. */
+static void answer_task(FakeController *fc, HerdFrames *in)
+{
+    const char *engine = (fc->task_turn++ % 2) ? ENGINE_B : ENGINE_A;
+    send_engine_reply(fc, fc->socks[F_TASK], herd_frame_data(in, 0), herd_frame_size(in, 0), engine, TRUE, in,
+                      herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL);
+}
+
+/* Broadcast: one reply per metadata target, parent msg_id rewritten to <orig>_<uuid>. */
+static void answer_broadcast(FakeController *fc, HerdFrames *in)
+{
+    g_autoptr(JsonNode) header = herd_json_parse_object(herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL);
+    g_autoptr(JsonNode) md = herd_json_parse_object(herd_frame_bytes(in, herd_wire(in, HERD_WIRE_METADATA)), NULL);
+    g_assert_nonnull(header);
+    g_assert_nonnull(md);
+    g_autofree char *orig = g_strdup(herd_json_str(json_node_get_object(header), "msg_id"));
+    JsonArray *targets = json_object_get_array_member(json_node_get_object(md), "targets");
+    for (guint i = 0; i < json_array_get_length(targets); i++) {
+        const char *uuid = json_array_get_string_element(json_array_get_array_element(targets, i), 0);
+        g_autofree char *rewritten = g_strdup_printf("%s_%s", orig, uuid);
+        json_object_set_string_member(json_node_get_object(header), "msg_id", rewritten);
+        gsize len;
+        g_autofree char *parent = herd_json_to_string(header, &len);
+        send_engine_reply(fc, fc->socks[F_BCAST], herd_frame_data(in, 0), herd_frame_size(in, 0), uuid, FALSE, in,
+                          (HerdBytes){ parent, len }, orig);
+    }
+}
+
+static gpointer fake_controller_main(gpointer data)
+{
+    FakeController *fc = data;
+    while (!g_atomic_int_get(&fc->stop)) {
+        zmq_pollitem_t items[] = {
+            { fc->socks[F_REG], 0, ZMQ_POLLIN, 0 },
+            { fc->socks[F_MUX], 0, ZMQ_POLLIN, 0 },
+            { fc->socks[F_TASK], 0, ZMQ_POLLIN, 0 },
+            { fc->socks[F_BCAST], 0, ZMQ_POLLIN, 0 },
+        };
+        void (*handlers[])(FakeController *, HerdFrames *) = { answer_registration, answer_mux, answer_task,
+                                                               answer_broadcast };
+        zmq_poll(items, G_N_ELEMENTS(items), 20);
+        for (guint i = 0; i < G_N_ELEMENTS(items); i++) {
+            if (!(items[i].revents & ZMQ_POLLIN))
+                continue;
+            HerdFrames in;
+            herd_frames_init(&in);
+            while (herd_frames_recv(items[i].socket, &in, ZMQ_DONTWAIT) == 0) {
+                g_assert_cmpint(herd_session_verify(fc->session, &in), ==, HERD_VERIFY_OK);
+                handlers[i](fc, &in);
+                herd_frames_clear(&in);
+            }
+        }
+        if (g_atomic_int_get(&fc->announce_engine)) {
+            HerdFrames out;
+            herd_frames_init(&out);
+            herd_session_build(fc->session, &out, "registration_notification", HERD_BYTES_NULL, HERD_BYTES_NULL,
+                               HERD_BYTES_STR("{\"id\": 2, \"uuid\": \"" ENGINE_C "\"}"), NULL);
+            herd_frames_send(fc->socks[F_NOTIF], &out);
+        }
+    }
+    return NULL;
+}
+
+static FakeController *fake_controller_start(void)
+{
+    FakeController *fc = g_new0(FakeController, 1);
+    fc->zctx = zmq_ctx_new();
+    const int types[F_N] = { ZMQ_ROUTER, ZMQ_ROUTER, ZMQ_ROUTER, ZMQ_ROUTER, ZMQ_ROUTER, ZMQ_PUB, ZMQ_PUB };
+    for (int i = 0; i < F_N; i++) {
+        fc->socks[i] = zmq_socket(fc->zctx, types[i]);
+        int zero = 0;
+        zmq_setsockopt(fc->socks[i], ZMQ_LINGER, &zero, sizeof zero);
+        zmq_setsockopt(fc->socks[i], ZMQ_SNDHWM, &zero, sizeof zero);
+        zmq_setsockopt(fc->socks[i], ZMQ_RCVHWM, &zero, sizeof zero);
+        fc->ports[i] = bind_any(fc->socks[i]);
+    }
+    fc->session = herd_session_new(KEY, "hmac-sha256", NULL, NULL);
+    g_assert_nonnull(fc->session);
+    write_connfile(fc);
+    fc->thread = g_thread_new("fake-controller", fake_controller_main, fc);
+    return fc;
+}
+
+static void fake_controller_stop(FakeController *fc)
+{
+    g_atomic_int_set(&fc->stop, 1);
+    g_thread_join(fc->thread);
+    for (int i = 0; i < F_N; i++)
+        zmq_close(fc->socks[i]);
+    zmq_ctx_term(fc->zctx);
+    herd_session_free(fc->session);
+    g_unlink(fc->connfile);
+    g_rmdir(fc->dir);
+    g_free(fc->connfile);
+    g_free(fc->dir);
+    g_free(fc);
+}
+
+/* ---- tests ---- */
+
+static void test_connect_reads_engine_table(void)
+{
+    FakeController *fc = fake_controller_start();
+    GError *err = NULL;
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, &err);
+    g_assert_no_error(err);
+    guint n;
+    const HerdClientEngine *engines = herd_client_engines(c, &n);
+    g_assert_cmpuint(n, ==, 2);
+    g_assert_cmpint(engines[0].id, ==, 0);
+    g_assert_cmpstr(engines[0].uuid, ==, ENGINE_A);
+    g_assert_cmpint(engines[1].id, ==, 1);
+    g_assert_cmpstr(herd_client_engine_uuid(c, 1), ==, ENGINE_B);
+    g_assert_null(herd_client_engine_uuid(c, 7));
+    g_assert_cmpuint(strlen(herd_client_session_id(c)), >, 0);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+static void test_connect_errors(void)
+{
+    GError *err = NULL;
+    g_assert_null(herd_client_connect("/nonexistent/ipcontroller-client.json", 100, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_CONNFILE);
+    g_clear_error(&err);
+
+    /* A file naming ports nobody answers on: the connection request times out. */
+    FakeController *fc = fake_controller_start();
+    g_autofree char *dead = g_build_filename(fc->dir, "dead-client.json", NULL);
+    g_autofree char *json = g_strdup_printf(
+        "{\"ssh\": \"\", \"interface\": \"tcp://127.0.0.1\", \"registration\": 1, \"control\": 1, \"mux\": 1, "
+        "\"task\": 1, \"task_scheme\": \"leastload\", \"iopub\": 1, \"notification\": 1, \"broadcast\": 1, "
+        "\"key\": \"k\", \"curve_serverkey\": null, \"location\": \"localhost\", \"pack\": \"json\", "
+        "\"unpack\": \"json\", \"signature_scheme\": \"hmac-sha256\"}");
+    g_assert_true(g_file_set_contents(dead, json, -1, NULL));
+    gint64 start = g_get_monotonic_time();
+    g_assert_null(herd_client_connect(dead, 300, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_TIMEOUT);
+    g_assert_cmpint(g_get_monotonic_time() - start, <, 5 * G_USEC_PER_SEC);
+    g_clear_error(&err);
+    g_unlink(dead);
+    fake_controller_stop(fc);
+}
+
+static void test_submit_argument_errors(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    GError *err = NULL;
+    int two[] = { 0, 1 };
+    g_assert_false(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", two, 2, NULL, NULL, NULL, 0, NULL, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_INVALID);
+    g_clear_error(&err);
+    int missing = 42;
+    g_assert_false(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", &missing, 1, NULL, NULL, NULL, 0, NULL, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_NO_ENGINE);
+    g_clear_error(&err);
+    g_assert_false(herd_client_submit(c, HERD_CHANNEL_TASK, "apply_request", NULL, 0, "[1, 2]", NULL, NULL, 0, NULL, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_INVALID);
+    g_clear_error(&err);
+    g_assert_false(herd_client_submit(c, HERD_CHANNEL_TASK, "apply_request", NULL, 0, NULL, "{oops", NULL, 0, NULL, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_INVALID);
+    g_clear_error(&err);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+typedef struct Expected {
+    guint replies_left;
+    guint32 payload;
+} Expected;
+
+/* Submit many requests on every channel before reading anything, then check each reply
+ * arrives exactly once, on the right channel, with its request's buffer. */
+static void test_pipelining_every_reply_once(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    g_autoptr(GHashTable) expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    const guint n_mux = 1500, n_task = 1500, n_bcast = 300;
+    guint32 payload = 0;
+    guint total_replies = 0;
+    for (guint i = 0; i < n_mux + n_task + n_bcast; i++) {
+        HerdChannel ch = i < n_mux ? HERD_CHANNEL_MUX : i < n_mux + n_task ? HERD_CHANNEL_TASK : HERD_CHANNEL_BROADCAST;
+        int target = (int)(i % 2);
+        HerdBytes buf = { (const char *)&payload, sizeof payload };
+        char *msg_id = NULL;
+        GError *err = NULL;
+        gboolean ok = herd_client_submit(c, ch, "apply_request", ch == HERD_CHANNEL_MUX ? &target : NULL,
+                                         ch == HERD_CHANNEL_MUX ? 1 : 0, NULL, NULL, &buf, 1, &msg_id, &err);
+        g_assert_no_error(err);
+        g_assert_true(ok);
+        Expected *e = g_new(Expected, 1);
+        e->replies_left = ch == HERD_CHANNEL_BROADCAST ? 2 : 1;
+        e->payload = payload++;
+        total_replies += e->replies_left;
+        g_hash_table_insert(expected, msg_id, e);
+    }
+    g_assert_cmpuint(herd_client_outstanding(c), ==, n_mux + n_task + n_bcast);
+
+    guint received = 0, idles = 0;
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (received < total_replies && g_get_monotonic_time() < deadline) {
+        GError *err = NULL;
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 1000, &err);
+        g_assert_no_error(err);
+        if (!m)
+            continue;
+        if (m->kind == HERD_MSG_IOPUB) {
+            g_assert_nonnull(g_hash_table_lookup(expected, m->request_id));
+            idles++;
+            continue;
+        }
+        g_assert_cmpint(m->kind, ==, HERD_MSG_REPLY);
+        Expected *e = g_hash_table_lookup(expected, m->request_id);
+        g_assert_nonnull(e);
+        g_assert_cmpuint(e->replies_left, >, 0);
+        e->replies_left--;
+        received++;
+        g_assert_cmpstr(m->status, ==, "ok");
+        g_assert_cmpstr(m->msg_type, ==, "apply_reply");
+        g_assert_cmpint(m->engine_id, >=, 0);
+        g_assert_cmpuint(m->n_buffers, ==, 1);
+        g_assert_cmpuint(m->buffers[0].len, ==, sizeof(guint32));
+        guint32 got;
+        memcpy(&got, m->buffers[0].data, sizeof got);
+        g_assert_cmpuint(got, ==, e->payload);
+    }
+    g_assert_cmpuint(received, ==, total_replies);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
+    g_assert_cmpuint(herd_client_rejected(c), ==, 0);
+    /* Nothing more arrives: no duplicates. */
+    GError *err = NULL;
+    HerdClientMsg *extra;
+    while ((extra = herd_client_recv(c, 200, &err))) {
+        g_assert_cmpint(extra->kind, ==, HERD_MSG_IOPUB);
+        herd_client_msg_free(extra);
+    }
+    g_assert_no_error(err);
+    g_test_message("%u replies, %u idle statuses", received, idles);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+static void test_wait_for_engines_follows_notifications(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    GError *err = NULL;
+    g_assert_false(herd_client_wait_for_engines(c, 3, 100, &err));
+    g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_TIMEOUT);
+    g_clear_error(&err);
+    g_atomic_int_set(&fc->announce_engine, 1);
+    g_assert_true(herd_client_wait_for_engines(c, 3, 10000, &err));
+    g_assert_no_error(err);
+    g_assert_cmpstr(herd_client_engine_uuid(c, 2), ==, ENGINE_C);
+    /* The notification is still delivered to the caller. */
+    g_autoptr(HerdClientMsg) m = herd_client_recv(c, 0, &err);
+    g_assert_nonnull(m);
+    g_assert_cmpint(m->kind, ==, HERD_MSG_NOTIFICATION);
+    g_assert_cmpstr(m->msg_type, ==, "registration_notification");
+    g_assert_cmpint(m->engine_id, ==, 2);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+static void test_pollitems_cover_every_socket(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    zmq_pollitem_t items[8];
+    guint n = herd_client_pollitems(c, items, G_N_ELEMENTS(items));
+    g_assert_cmpuint(n, ==, 7);
+    int target = 0;
+    g_assert_true(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", &target, 1, NULL, NULL, NULL, 0, NULL, NULL));
+    /* An external poll loop wakes up for the reply, then recv(0) returns it. */
+    HerdClientMsg *m = NULL;
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!m && g_get_monotonic_time() < deadline) {
+        g_assert_cmpint(zmq_poll(items, (int)n, 1000), >=, 0);
+        HerdClientMsg *got = herd_client_recv(c, 0, NULL);
+        if (got && got->kind == HERD_MSG_REPLY)
+            m = got;
+        else
+            herd_client_msg_free(got);
+    }
+    g_assert_nonnull(m);
+    g_assert_cmpint(m->channel, ==, HERD_CHANNEL_MUX);
+    g_assert_cmpstr(m->engine_uuid, ==, ENGINE_A);
+    herd_client_msg_free(m);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/client/connect/engine-table", test_connect_reads_engine_table);
+    g_test_add_func("/client/connect/errors", test_connect_errors);
+    g_test_add_func("/client/submit/argument-errors", test_submit_argument_errors);
+    g_test_add_func("/client/submit/pipelining", test_pipelining_every_reply_once);
+    g_test_add_func("/client/wait-for-engines", test_wait_for_engines_follows_notifications);
+    g_test_add_func("/client/pollitems", test_pollitems_cover_every_socket);
+    return g_test_run();
+}
