@@ -39,6 +39,7 @@ typedef struct Job {
     char *msg_id;
     char *msg_type;
     char *target_uuid;
+    JsonNode *header;      /* parsed request header */
     JsonNode *metadata;    /* parsed request metadata */
     Engine *engine;        /* where it currently runs (plain jobs), or NULL */
     guint64 seq;

@@ -3,8 +3,9 @@
 
 #include "controller-private.h"
 
+/* buffers: frames appended after the content (zero-copy references), may be NULL. */
 void herd_hub_reply(HerdController *ctl, const HerdFrames *req, const char *msg_type, JsonNode *content,
-                    GPtrArray *buffers);
+                    const HerdFrames *buffers);
 void herd_hub_reply_error(HerdController *ctl, const HerdFrames *req, const char *msg_type, const char *ename,
                           const char *evalue);
 

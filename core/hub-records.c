@@ -3,6 +3,8 @@
 #define G_LOG_DOMAIN "herd"
 #include "hub-queries.h"
 
+#include <string.h>
+
 void herd_hub_records_init(HerdController *ctl) { (void)ctl; }
 void herd_hub_records_free(HerdController *ctl) { (void)ctl; }
 void herd_hub_records_request(HerdController *ctl, Job *job) { (void)ctl; (void)job; }

@@ -32,7 +32,7 @@ void herd_hub_drop(HerdController *ctl, const char *where, const char *why)
 
 /* Reply on the registration socket: the request's routing prefix, then a signed message. */
 void herd_hub_reply(HerdController *ctl, const HerdFrames *req, const char *msg_type, JsonNode *content,
-                    GPtrArray *buffers)
+                    const HerdFrames *buffers)
 {
     HerdFrames out;
     herd_frames_init(&out);
@@ -40,12 +40,8 @@ void herd_hub_reply(HerdController *ctl, const HerdFrames *req, const char *msg_
         herd_frames_push_frame_copy(&out, req, (guint)i);
     herd_session_build_node(ctl->session, &out, msg_type, herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)),
                             NULL, content, NULL);
-    for (guint i = 0; buffers && i < buffers->len; i++) {
-        GBytes *b = buffers->pdata[i];
-        gsize len;
-        const void *data = g_bytes_get_data(b, &len);
-        herd_frames_push(&out, data, len);
-    }
+    for (guint i = 0; buffers && i < buffers->n; i++)
+        herd_frames_push_frame_copy(&out, buffers, i);
     if (herd_frames_send(ctl->registration, &out) < 0) {
         g_warning("registration: cannot send %s: %s", msg_type, zmq_strerror(errno));
         herd_frames_clear(&out);

@@ -114,6 +114,8 @@ static void job_free(Job *job)
     g_free(job->target_uuid);
     if (job->metadata)
         json_node_unref(job->metadata);
+    if (job->header)
+        json_node_unref(job->header);
     if (job->subs)
         g_ptr_array_free(job->subs, TRUE);
     g_free(job);
@@ -619,16 +621,10 @@ static void relay_control_request(HerdController *ctl, Channel *ch, HerdFrames *
         herd_hub_drop(ctl, "control", "request for an engine that is not connected");
 }
 
-static void on_client_request(Channel *ch, HerdFrames *f)
+/* Turn a verified request into a job and hand it to the scheduler; takes f's frames. */
+static void start_job(Channel *ch, HerdFrames *f)
 {
     HerdController *ctl = ch->ctl;
-    gboolean named = ch->kind == CH_MUX || ch->kind == CH_CONTROL;
-    if (!accept_message(ctl, ch->name, f, named ? 2 : 1))
-        return;
-    if (ch->kind == CH_CONTROL) {
-        relay_control_request(ctl, ch, f);
-        return;
-    }
     g_autoptr(GError) err = NULL;
     JsonNode *hdr = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), &err);
     if (!hdr) {
@@ -667,7 +663,7 @@ static void on_client_request(Channel *ch, HerdFrames *f)
     herd_frames_init(f);
     job->msg_id = g_strdup(msg_id);
     job->msg_type = g_strdup(msg_type);
-    json_node_unref(hdr);
+    job->header = hdr;
     job->metadata = md;
     job->seq = ++ctl->job_seq;
     if (ch->kind == CH_MUX)
@@ -685,6 +681,24 @@ static void on_client_request(Channel *ch, HerdFrames *f)
     g_hash_table_insert(ch->jobs, job->msg_id, job);
     herd_hub_job_received(ctl, job);
     ch->ops->request(ch->sched, &job->pub);
+}
+
+static void on_client_request(Channel *ch, HerdFrames *f)
+{
+    HerdController *ctl = ch->ctl;
+    gboolean named = ch->kind == CH_MUX || ch->kind == CH_CONTROL;
+    if (!accept_message(ctl, ch->name, f, named ? 2 : 1))
+        return;
+    if (ch->kind == CH_CONTROL)
+        relay_control_request(ctl, ch, f);
+    else
+        start_job(ch, f);
+}
+
+void herd_router_submit_internal(HerdController *ctl, HerdFrames *msg)
+{
+    start_job(&ctl->ch[CH_TASK], msg);
+    herd_frames_clear(msg);
 }
 
 static void on_engine_reply(Channel *ch, HerdFrames *f)
