@@ -126,7 +126,7 @@ static void set_bind_error(GError **err, const TcpTransport *t, const char *chan
                     "cannot bind %s channel \"%s\" to %s: the port is already in use%s", t->side,
                     channel, endpoint,
                     from_pool ? " (it came from the --ports pool: choose a free range)"
-                              : " (another controller, or a stale one, still holds it)");
+                              : " (another process is listening on it)");
         return;
     }
     g_set_error(err, G_IO_ERROR, g_io_error_from_errno(zmq_errno), "cannot bind %s channel \"%s\" to %s: %s",
