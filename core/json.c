@@ -65,6 +65,27 @@ static gboolean json_check_nesting(const char *data, gsize len, GError **err)
     return TRUE;
 }
 
+/* "an array", "a string", ... for error messages. */
+static const char *json_kind(JsonNode *n)
+{
+    switch (json_node_get_node_type(n)) {
+    case JSON_NODE_OBJECT:
+        return "an object";
+    case JSON_NODE_ARRAY:
+        return "an array";
+    case JSON_NODE_NULL:
+        return "null";
+    case JSON_NODE_VALUE:
+        break;
+    }
+    GType t = json_node_get_value_type(n);
+    if (t == G_TYPE_STRING)
+        return "a string";
+    if (t == G_TYPE_BOOLEAN)
+        return "a boolean";
+    return "a number";
+}
+
 JsonNode *herd_json_parse_object(HerdBytes b, GError **err)
 {
     if (b.data == NULL) { /* HERD_BYTES_NULL stands for "{}" */
@@ -91,8 +112,8 @@ JsonNode *herd_json_parse_object(HerdBytes b, GError **err)
     } else if (json_parser_get_root(parser) == NULL) {
         g_set_error_literal(err, HERD_WIRE_ERROR, HERD_WIRE_ERROR_JSON, "invalid JSON: empty");
     } else if (!JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
-        g_set_error(err, HERD_WIRE_ERROR, HERD_WIRE_ERROR_NOT_OBJECT, "JSON is a %s, not an object",
-                    json_node_type_name(json_parser_get_root(parser)));
+        g_set_error(err, HERD_WIRE_ERROR, HERD_WIRE_ERROR_NOT_OBJECT, "JSON is %s, not an object",
+                    json_kind(json_parser_get_root(parser)));
     } else {
         root = json_parser_steal_root(parser);
     }

@@ -349,6 +349,10 @@ static void test_json_parse_object(void)
 
 static void test_json_parse_malformed(void)
 {
+    GError *kind_err = NULL;
+    g_assert_null(herd_json_parse_object(HERD_BYTES_STR("[1, 2]"), &kind_err));
+    g_assert_cmpstr(kind_err->message, ==, "JSON is an array, not an object");
+    g_clear_error(&kind_err);
     assert_parse_fails("[1, 2]", -1, HERD_WIRE_ERROR_NOT_OBJECT);
     assert_parse_fails("\"text\"", -1, HERD_WIRE_ERROR_NOT_OBJECT);
     assert_parse_fails("42", -1, HERD_WIRE_ERROR_NOT_OBJECT);
