@@ -102,6 +102,8 @@ static inline guint herd_wire(const HerdFrames *f, guint part)
 
 /* ---- Session: signing, verification, ids, message building ---- */
 
+/* A session is used by one thread at a time (verify updates its replay history);
+ * herd_session_msg_id alone may be called concurrently. */
 typedef struct HerdSession HerdSession;
 
 typedef enum {
