@@ -1,0 +1,87 @@
+"""Helpers for the native-peer tests: start `herd engine` processes (native
+engines) and `herd bench` runs, bounded in time, stopped by PID."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import herdtest
+
+
+def herd_path():
+    """The `herd` program: $HERD, else <build dir>/tools/herd (build dir as for herdd)."""
+    explicit = os.environ.get("HERD")
+    if explicit:
+        return Path(explicit).resolve()
+    return (herdtest.herdd_path().parent.parent / "tools" / "herd").resolve()
+
+
+class NativeEngines:
+    """One `herd engine` process serving `count` engines."""
+
+    def __init__(self, workdir, profile_dir, executor="shell", count=1, cluster_id=None,
+                 extra_args=(), name="native-engines"):
+        self.workdir = Path(workdir)
+        self.profile_dir = Path(profile_dir)
+        self.executor = executor
+        self.count = count
+        self.cluster_id = cluster_id
+        self.extra_args = list(extra_args)
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc = None
+
+    def argv(self):
+        argv = [str(herd_path()), "engine", "--profile-dir", str(self.profile_dir),
+                "--executor", self.executor, "--count", str(self.count)]
+        if self.cluster_id is not None:
+            argv += ["--cluster-id", self.cluster_id]
+        return argv + self.extra_args
+
+    def start(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         start_new_session=True)
+        herdtest.LIVE_LOGS.append(self.log_path)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout=10):
+        """SIGTERM (the engines unregister), bounded wait, then SIGKILL. Returns the status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            if self.wait_exit(timeout) is None:
+                herdtest.kill_group(self.proc.pid)
+                self.proc.wait(timeout=10)
+        # Shell commands started by the engines run in their own groups; anything left
+        # in the engine's group goes too.
+        herdtest.kill_group(self.proc.pid)
+        if self.log_path in herdtest.LIVE_LOGS:
+            herdtest.LIVE_LOGS.remove(self.log_path)
+        return self.proc.returncode
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+
+def run_herd(args, timeout, cwd=None):
+    """Run `herd ARGS...` to completion (bounded); returns CompletedProcess."""
+    return subprocess.run([str(herd_path()), *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          start_new_session=True)
