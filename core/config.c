@@ -149,7 +149,8 @@ static gboolean parse_port_number(const char *text, int *out)
 gboolean herd_config_parse_ports(const char *s, GArray *out, GError **err)
 {
     g_return_val_if_fail(s != NULL && out != NULL, FALSE);
-    g_auto(GStrv) items = g_strsplit(s, ",", -1);
+    /* g_strsplit("") yields no items; an empty list is spelled as an empty key, not here */
+    g_auto(GStrv) items = g_strsplit(*s ? s : ",", ",", -1);
     GArray *parsed = g_array_new(FALSE, FALSE, sizeof(int));
     for (char **item = items; *item != NULL; item++) {
         g_auto(GStrv) bounds = g_strsplit(*item, "-", 2);
@@ -902,7 +903,7 @@ static const FlagSpec known_flags[] = {
     {"profile-dir", FLAG_PROFILE_DIR, NULL, NULL, NULL, "DIR", "profile folder (wins over --profile)"},
     {"ipython-dir", FLAG_IPYTHON_DIR, NULL, NULL, NULL, "DIR", "IPython folder (default: $IPYTHONDIR or ~/.ipython)"},
     {"config", FLAG_CONFIG, NULL, NULL, NULL, "FILE",
-     "herd.conf to read instead of <profile>/herd.conf (a .py or .json file is read as ipcontroller config)"},
+     "read FILE instead of <profile>/herd.conf (FILE.py/.json: ipcontroller config)"},
     {"cluster-id", FLAG_SET, GROUP_CONTROLLER, "cluster_id", NULL, "ID", "connection file infix; '' for none"},
     {"ip", FLAG_SET, GROUP_CONTROLLER, "ip", NULL, "IP", "bind address of every channel (default 127.0.0.1)"},
     {"location", FLAG_SET, GROUP_CONTROLLER, "location", NULL, "HOST", "host name written to the files"},
@@ -1402,13 +1403,20 @@ char *herd_config_help(void)
                                 "Options (each VALUE as --flag=VALUE or --flag VALUE):\n");
     for (gsize i = 0; i < G_N_ELEMENTS(known_flags); i++) {
         const FlagSpec *f = &known_flags[i];
-        g_autofree char *left = f->arg ? g_strdup_printf("--%s=%s", f->name, f->arg) : g_strdup_printf("--%s", f->name);
+        g_autofree char *left = f->arg                         ? g_strdup_printf("--%s=%s", f->name, f->arg)
+                                : f->action == FLAG_SET_BOOL ? g_strdup_printf("--%s[=BOOL]", f->name)
+                                                             : g_strdup_printf("--%s", f->name);
         g_string_append_printf(out, "  %-26s %s\n", left, f->help);
     }
     g_string_append(out, "\nipcontroller settings accepted as --Class.trait=VALUE (and as\n"
                          "c.Class.trait = VALUE in the profile's ipcontroller_config.py):\n");
-    for (gsize i = 0; i < G_N_ELEMENTS(known_traits); i++)
-        g_string_append_printf(out, "  --%s\n", known_traits[i].name);
+    for (gsize i = 0; i < G_N_ELEMENTS(known_traits); i++) {
+        const TraitSpec *t = &known_traits[i];
+        g_autofree char *target = t->action == TRAIT_BOTH_TRANSPORTS ? g_strdup("[transport] client and engine")
+                                  : t->action == TRAIT_IGNORED       ? g_strdup("ignored")
+                                                                     : g_strdup_printf("[%s] %s", t->group, t->key);
+        g_string_append_printf(out, "  --%-40s %s\n", t->name, target);
+    }
     g_string_append(out, "(HubFactory and IPControllerApp are accepted as IPController.)\n\n"
                          "Settings are read from defaults, then the profile's ipcontroller_config.py/.json,\n"
                          "then herd.conf in the profile folder (or --config FILE), then these flags.\n"
