@@ -999,12 +999,13 @@ static gboolean apply_flag(LoadState *st, const FlagSpec *flag, const char *valu
         return set_checked(st->flags, flag->group, flag->key, flag->fixed, where, err);
     case FLAG_IGNORED: add_warning(st, "%s: has no effect in herd; ignored", where); return TRUE;
     case FLAG_HELP: {
-        g_autofree char *text = herd_config_help();
+        /* Like every GError message, without the final newline: the caller prints a line. */
+        g_autofree char *text = g_strchomp(herd_config_help());
         g_set_error_literal(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_HELP, text);
         return FALSE;
     }
-    case FLAG_VERSION:
-        g_set_error_literal(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_HELP, HERD_VERSION "\n");
+    case FLAG_VERSION: /* the bare version, as `ipcontroller --version` prints it */
+        g_set_error_literal(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_HELP, HERD_VERSION);
         return FALSE;
     }
     return TRUE;
