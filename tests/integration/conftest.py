@@ -71,10 +71,10 @@ def cluster_factory(tmp_path):
     made = []
 
     def make(engines=0, client=True, transport="tcp", controller_args=(), cluster_id=None,
-             start=True):
+             start=True, **cluster_kwargs):
         workdir = tmp_path / f"cluster{len(made)}"
         cluster = Cluster(workdir, transport=transport, controller_args=controller_args,
-                          cluster_id=cluster_id)
+                          cluster_id=cluster_id, **cluster_kwargs)
         made.append(cluster)
         if start:
             cluster.start(engines=engines, client=client)

@@ -106,9 +106,11 @@ class Controller:
     """One controller process writing connection files into profile_dir."""
 
     def __init__(self, workdir, profile_dir, transport="tcp", extra_args=(), cluster_id=None,
-                 log_name="controller.log"):
+                 log_name="controller.log", profile_args=None):
         self.workdir = Path(workdir)
         self.profile_dir = Path(profile_dir)
+        # How the command line names the profile; --profile-dir by default.
+        self.profile_args = profile_args or ["--profile-dir", str(self.profile_dir)]
         self.transport = transport
         self.extra_args = list(extra_args)
         self.cluster_id = cluster_id
@@ -119,7 +121,7 @@ class Controller:
 
     # --- command line -------------------------------------------------------
     def argv(self):
-        common = ["--profile-dir", str(self.profile_dir), f"--ping={heartbeat_ms()}", "--log-level=10"]
+        common = [*self.profile_args, f"--ping={heartbeat_ms()}", "--log-level=10"]
         if self.cluster_id is not None:
             common += ["--cluster-id", self.cluster_id]
         if self.kind == "python":
@@ -165,6 +167,10 @@ class Controller:
         LIVE_LOGS.append(self.log_path)
         if wait_files:
             self.wait_for_files()
+            if self.kind == "python":
+                # 7.1 writes its files before it starts its helper processes and
+                # installs its signal handlers; this line comes right before that.
+                self.wait_for_log(r"Heartmonitor beating every", timeout=30)
         return self
 
     def wait_for_files(self, timeout=None):
@@ -366,14 +372,17 @@ class Engine:
 class Cluster:
     """A controller, N engines and optionally one connected Client."""
 
-    def __init__(self, workdir, transport="tcp", controller_args=(), cluster_id=None):
+    def __init__(self, workdir, transport="tcp", controller_args=(), cluster_id=None,
+                 profile_dir=None, profile_args=None):
         self.workdir = Path(workdir)
-        self.profile_dir = self.workdir / "profile_herdtest"
+        self.profile_dir = Path(profile_dir or self.workdir / "profile_herdtest")
         self.cluster_id = cluster_id
         self.controller = Controller(self.workdir, self.profile_dir, transport=transport,
-                                     extra_args=controller_args, cluster_id=cluster_id)
+                                     extra_args=controller_args, cluster_id=cluster_id,
+                                     profile_args=profile_args)
         self.engines = []
         self.clients = []
+        self.old_controllers = []
         # Lifecycle tests that stop the controller themselves set these.
         self.expect_files_removed = True
 
@@ -386,6 +395,17 @@ class Cluster:
             if engines:
                 rc.wait_for_engines(engines, timeout=30 * time_scale())
         return self
+
+    def restart_controller(self, log_name):
+        """Start a second controller with the same arguments (after the first
+        stopped); it logs to log_name."""
+        old = self.controller
+        old.forget_log()
+        self.controller = Controller(self.workdir, self.profile_dir, transport=old.transport,
+                                     extra_args=old.extra_args, cluster_id=old.cluster_id,
+                                     log_name=log_name, profile_args=old.profile_args)
+        self.old_controllers.append(old)
+        return self.controller.start()
 
     def add_engines(self, n):
         new = [Engine(self.workdir, self.profile_dir, len(self.engines) + i, self.cluster_id).start()
@@ -417,7 +437,8 @@ class Cluster:
         return wait_until(find, timeout, what=f"the engine process with id {engine_id}")
 
     def logs(self):
-        return [self.controller.log_path] + [e.log_path for e in self.engines]
+        return ([c.log_path for c in self.old_controllers] + [self.controller.log_path]
+                + [e.log_path for e in self.engines])
 
     def teardown(self):
         """Close clients, stop engines, SIGTERM the controller; assert it
