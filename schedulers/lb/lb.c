@@ -33,6 +33,7 @@ typedef struct LbSched {
     GPtrArray *candidates;
     GArray *loads;
     gsize next_seq;
+    gboolean draining; /* a dispatch can answer synchronously and re-enter drain */
 } LbSched;
 
 /* ---- engines ---------------------------------------------------------------------------- */
@@ -96,12 +97,18 @@ static void assign(LbSched *ls, HerdJob *job, LbEngine *e)
 /* Start waiting requests, oldest first, while some engine has room. */
 static void drain(LbSched *ls)
 {
+    /* The core answers a dispatch it cannot send at once (through lb_reply); the outer
+     * loop then keeps going instead of recursing once per queued request. */
+    if (ls->draining)
+        return;
+    ls->draining = TRUE;
     while (ls->n_free > 0 && !g_queue_is_empty(&ls->waiting)) {
         LbEngine *e = pick_engine(ls);
         if (!e)
             break;
         assign(ls, g_queue_pop_head(&ls->waiting), e);
     }
+    ls->draining = FALSE;
 }
 
 /* ---- plugin operations ------------------------------------------------------------------ */

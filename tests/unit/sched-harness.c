@@ -38,6 +38,7 @@ struct Harness {
     const HerdSchedulerOps *sched;
     gpointer self;
     GHashTable *engines;   /* uuid -> HerdEngine*, live ones */
+    GHashTable *unreachable; /* uuids whose dispatches fail synchronously */
     GPtrArray *dead;       /* HerdEngine* that went down, poisoned, freed at the end */
     GHashTable *jobs;      /* msg_id -> FakeJob* */
     GHashTable *replies;   /* FakeReply* not yet delivered or freed (kept or synthesized) */
@@ -103,6 +104,8 @@ static void fake_reply_free(FakeReply *fr)
 
 /* ---- host operations -------------------------------------------------------------------- */
 
+static HerdReply *op_engine_error(HerdSchedHost *host, HerdJob *job, const char *engine_uuid);
+
 static gboolean engine_is_live(Harness *h, HerdEngine *e)
 {
     return e && g_hash_table_lookup(h->engines, e->uuid) == e;
@@ -120,7 +123,20 @@ static void op_dispatch(HerdSchedHost *host, HerdJob *job, HerdEngine *e)
     g_hash_table_add(fj->outstanding, g_strdup(e->uuid));
     fj->dispatched++;
     h->dispatches++;
-    logf_line(h, "dispatch %s %s", fj->msg_id, e->uuid);
+    if (!g_hash_table_contains(h->unreachable, e->uuid)) {
+        logf_line(h, "dispatch %s %s", fj->msg_id, e->uuid);
+        return;
+    }
+    /* As the core does when the send fails: answer for the engine right away. */
+    logf_line(h, "dispatch %s %s!", fj->msg_id, e->uuid);
+    HerdReply *r = op_engine_error(host, job, e->uuid);
+    FakeReply *fr = r->core;
+    r->engine = e;
+    h->sched->reply(h->self, job, r);
+    if (g_hash_table_contains(h->replies, fr) && !fr->kept) {
+        g_hash_table_remove(h->replies, fr);
+        fake_reply_free(fr);
+    }
 }
 
 static void op_deliver(HerdSchedHost *host, HerdJob *job, HerdReply *reply)
@@ -287,6 +303,7 @@ static Harness *harness_alloc(const char *plugin_path, const char *name, const c
     h->channel = g_strdup(channel);
     h->host.channel = h->channel;
     h->engines = g_hash_table_new(g_str_hash, g_str_equal);
+    h->unreachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     h->dead = g_ptr_array_new_with_free_func(free_engine);
     h->jobs = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, free_job);
     h->replies = g_hash_table_new(g_direct_hash, g_direct_equal);
@@ -341,6 +358,7 @@ void harness_free(Harness *h)
     while (g_hash_table_iter_next(&it, NULL, &e))
         free_engine(e);
     g_hash_table_destroy(h->engines);
+    g_hash_table_destroy(h->unreachable);
     g_ptr_array_unref(h->dead);
     g_hash_table_destroy(h->jobs);
     g_ptr_array_unref(h->timers);
@@ -383,6 +401,14 @@ void harness_engine_down(Harness *h, const char *uuid)
     e->id = -1;
     e->sched = (gpointer)0x1;
     g_ptr_array_add(h->dead, e);
+}
+
+void harness_set_unreachable(Harness *h, const char *uuid, gboolean unreachable)
+{
+    if (unreachable)
+        g_hash_table_add(h->unreachable, g_strdup(uuid));
+    else
+        g_hash_table_remove(h->unreachable, uuid);
 }
 
 static FakeJob *new_job(Harness *h, const char *msg_id, const char *metadata_json)

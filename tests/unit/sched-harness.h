@@ -37,6 +37,10 @@ const char *harness_scheme(Harness *h);
 
 void harness_engine_up(Harness *h, const char *uuid);
 void harness_engine_down(Harness *h, const char *uuid);
+/* Make dispatches to this engine fail the way the core's do when a send fails: the host
+ * answers at once, from inside host->dispatch, by calling the plugin's reply op with a
+ * synthesized EngineError (logged as "dispatch <msg_id> <engine>!"). */
+void harness_set_unreachable(Harness *h, const char *uuid, gboolean unreachable);
 
 /* A request with the given metadata JSON object text (NULL = "{}"). */
 void harness_request(Harness *h, const char *msg_id, const char *metadata_json);

@@ -213,6 +213,20 @@ static void test_engine_down_with_nothing_in_flight(void)
     harness_free(h);
 }
 
+static void test_dispatch_failing_at_once(void)
+{
+    Harness *h = new_lb("");
+    harness_engine_up(h, "e0");
+    harness_request(h, "a", NULL);
+    harness_request(h, "b", NULL);
+    harness_request(h, "c", NULL);
+    harness_set_unreachable(h, "e0", TRUE);
+    harness_reply(h, "a", "e0", "ok");
+    harness_expect(h, "dispatch a e0; deliver a ok@e0; dispatch b e0!; deliver b EngineError@e0; "
+                      "dispatch c e0!; deliver c EngineError@e0");
+    harness_free(h);
+}
+
 static void test_options(void)
 {
     struct {
@@ -253,6 +267,7 @@ int main(int argc, char **argv)
     g_test_add_func("/sched/lb/stranded-timer-dropped",
                     test_stranded_timer_dropped_when_all_answered);
     g_test_add_func("/sched/lb/engine-down-idle", test_engine_down_with_nothing_in_flight);
+    g_test_add_func("/sched/lb/dispatch-fails-at-once", test_dispatch_failing_at_once);
     g_test_add_func("/sched/lb/options", test_options);
     return g_test_run();
 }
