@@ -1,0 +1,94 @@
+"""`herd bench` in a tiny configuration, so it cannot rot: native echo engines and
+native clients against the configured controller, the bare relay baseline, and the
+back-to-back comparison with the Python controller. Functional checks only (every
+request answered, every field reported), never timing thresholds."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import herdtest
+from native_helpers import run_herd
+
+TINY = ["--engines", "2", "--tasks", "200", "--latency-tasks", "30", "--window", "32",
+        "--phase-timeout", "60", "--startup-timeout", "30", "--json"]
+CHANNELS = {("mux", None), ("lb", "leastload"), ("broadcast", None)}
+
+
+def python_controller_cmd():
+    return f"{sys.executable} -m ipyparallel.controller"
+
+
+def controller_args():
+    """The controller this suite runs against, as bench arguments."""
+    if herdtest.controller_kind() == "python":
+        return ["--controller-cmd", python_controller_cmd()]
+    return ["--controller-cmd", str(herdtest.herdd_path())]
+
+
+def bench(*args, timeout=300):
+    result = run_herd(["bench", *TINY, *args], timeout=timeout)
+    assert result.returncode == 0, f"herd bench failed:\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def check_run(run, engines=2, tasks=200):
+    assert run["error"] is None
+    assert {(c["channel"], c["scheme"]) for c in run["channels"]} == CHANNELS
+    for channel in run["channels"]:
+        expected = tasks * engines if channel["channel"] == "broadcast" else tasks
+        assert channel["requests"] == tasks
+        assert channel["tasks"] == expected, channel
+        assert channel["errors"] == 0 and not channel["timed_out"], channel
+        assert channel["tasks_per_s"] > 0
+        latency = channel["latency_ms"]
+        assert latency["samples"] == 30
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+        assert channel["controller_cpu_s"] >= 0
+        assert channel["controller_peak_rss_kb"] > 0
+
+
+def test_bench_tiny_run_against_the_controller():
+    report = bench(*controller_args())
+    assert report["config"]["engines"] == 2
+    assert len(report["runs"]) == 1
+    check_run(report["runs"][0])
+
+
+def test_bench_raw_relay_baseline():
+    report = bench(*controller_args(), "--raw")
+    assert [run["controller"] for run in report["runs"]] == ["custom", "raw"]
+    for run in report["runs"]:
+        check_run(run)
+    assert len(report["ratios"]) == 1
+
+
+def test_bench_compare_runs_herdd_and_python_back_to_back():
+    if not os.access(herdtest.herdd_path(), os.X_OK):
+        pytest.skip("herdd is not built")
+    report = bench("--compare", "--python", sys.executable, "--controller-cmd",
+                   str(herdtest.herdd_path()), "--channels", "mux,lb", timeout=400)
+    assert [run["controller"] for run in report["runs"]] == ["custom", "python"]
+    for run in report["runs"]:
+        assert run["error"] is None
+        assert all(c["errors"] == 0 and c["tasks"] == 200 for c in run["channels"])
+    ratios = report["ratios"][0]
+    assert {c["channel"] for c in ratios["channels"]} == {"mux", "lb"}
+    assert all(c["throughput"] > 0 for c in ratios["channels"])
+
+
+def test_bench_text_report_names_every_channel():
+    args = [a for a in TINY if a != "--json"]
+    result = run_herd(["bench", *args, *controller_args(), "--schemes", "leastload,lru"],
+                      timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("mux", "lb[leastload]", "lb[lru]", "broadcast", "tasks/s", "p99 ms"):
+        assert name in result.stdout
+
+
+def test_bench_rejects_bad_options():
+    result = run_herd(["bench", "--channels", "mux,nope"], timeout=30)
+    assert result.returncode == 2
+    assert "channels" in result.stderr
