@@ -17,7 +17,7 @@
  */
 #include <herd/plugin.h>
 #include <herd/scheduler.h>
-#include <math.h>
+#include <string.h>
 
 #include "sched-common.h"
 
@@ -340,8 +340,10 @@ static gboolean parse_metadata(TaskJob *tj, JsonObject *md)
 {
     double retries = json_number(md, "retries");
     tj->retries = retries > 0 ? (guint)MIN(retries, G_MAXINT32) : 0;
-    double timeout_s = json_number(md, "timeout");
-    tj->timeout_ms = timeout_s > 0 ? (guint)MIN(ceil(timeout_s * 1000.0), G_MAXINT32) : 0;
+    double timeout_ms = MIN(json_number(md, "timeout") * 1000.0, (double)G_MAXINT32);
+    tj->timeout_ms = timeout_ms > 0 ? (guint)timeout_ms : 0;
+    if (timeout_ms > tj->timeout_ms)
+        tj->timeout_ms++; /* round up: 0.0001 s still means "some limit" */
     return parse_targets(md, &tj->targets) && parse_dep(md, "after", &tj->after) &&
            parse_dep(md, "follow", &tj->follow);
 }
