@@ -51,6 +51,12 @@ def wrapper_argv():
     return shlex.split(os.environ.get("HERDD_WRAPPER", ""))
 
 
+def herdd_extra_args():
+    """Arguments added to every herdd command line, from $HERDD_ARGS
+    (e.g. "--config my.conf")."""
+    return shlex.split(os.environ.get("HERDD_ARGS", ""))
+
+
 def time_scale():
     """Factor applied to every start-up/stop bound: a wrapped herdd
     (valgrind) starts and stops much more slowly."""
@@ -132,7 +138,7 @@ class Controller:
             common += ["--transport", "ipc"]
         else:
             common += ["--ip=127.0.0.1"]
-        return [*wrapper_argv(), str(herdd_path()), *common, *self.extra_args]
+        return [*wrapper_argv(), str(herdd_path()), *common, *herdd_extra_args(), *self.extra_args]
 
     # --- files --------------------------------------------------------------
     def connection_file(self, side):

@@ -72,9 +72,10 @@ def no_frames_after_delimiter(frames):
 
 
 def non_json_header(peer, frames):
-    """Correctly signed, but the header is not JSON."""
+    """Correctly signed, but the header is not JSON. Unique (it keeps the
+    msg_id), so that its signature never repeats one sent before."""
     i = frames.index(DELIM)
-    body = [b"{this is not json", *frames[i + 3: i + 6]]
+    body = [b"{this is not json " + frames[i + 2], *frames[i + 3: i + 6]]
     return [*frames[:i + 1], peer.sign(*body), *body, *frames[i + 6:]]
 
 
