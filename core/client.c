@@ -247,14 +247,16 @@ guint herd_client_pollitems(HerdClient *c, zmq_pollitem_t *items, guint max_item
 
 /* ---- receiving ---- */
 
-/* Receive one message from socket `index` (known readable). Returns NULL when the message
- * is not for the caller (rejected, malformed, someone else's IOPub, a stray query reply). */
-static HerdClientMsg *receive_from(HerdClient *c, guint index)
+/* Receive one message from socket `index`. Returns NULL with *empty set when there was
+ * none, and NULL alone when the message is not for the caller (rejected, malformed,
+ * someone else's IOPub, a stray query reply). */
+static HerdClientMsg *receive_from(HerdClient *c, guint index, gboolean *empty)
 {
     HerdClientMsg *m = g_new0(HerdClientMsg, 1);
     herd_frames_init(&m->frames);
     m->engine_id = -1;
-    if (herd_frames_recv(c->socks[index], &m->frames, ZMQ_DONTWAIT) != 0)
+    *empty = herd_frames_recv(c->socks[index], &m->frames, ZMQ_DONTWAIT) != 0;
+    if (*empty)
         goto drop;
     if (!herd_frames_is_wire(&m->frames) || herd_session_verify(c->session, &m->frames) != HERD_VERIFY_OK ||
         !msg_parse(m)) {
@@ -302,8 +304,12 @@ drop:
     return NULL;
 }
 
-/* Poll every socket once for up to timeout_ms and return the first message for the
- * caller, or NULL. */
+/* Most messages a readable socket gives up per poll: receiving in batches spares a poll
+ * system call per message under load, and the cap keeps the sockets taking turns. */
+#define RECV_BATCH 64
+
+/* Poll every socket once for up to timeout_ms and queue what arrived in c->held; returns
+ * the first queued message for the caller, or NULL. */
 static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
 {
     zmq_pollitem_t items[N_SOCKS];
@@ -318,13 +324,15 @@ static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
         guint i = (c->next_sock + k) % N_SOCKS;
         if (!(items[i].revents & ZMQ_POLLIN))
             continue;
-        HerdClientMsg *m = receive_from(c, i);
-        if (m) {
-            c->next_sock = (i + 1) % N_SOCKS;
-            return m;
+        gboolean empty = FALSE;
+        for (guint n = 0; n < RECV_BATCH && !empty; n++) {
+            HerdClientMsg *m = receive_from(c, i, &empty);
+            if (m)
+                g_queue_push_tail(&c->held, m);
         }
     }
-    return NULL;
+    c->next_sock = (c->next_sock + 1) % N_SOCKS;
+    return g_queue_pop_head(&c->held);
 }
 
 HerdClientMsg *herd_client_recv(HerdClient *c, int timeout_ms, GError **err)

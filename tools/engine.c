@@ -119,8 +119,7 @@ static Request *request_recv(Engine *e, void *sock)
     const HerdFrames *f = &r->frames;
     r->header = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), NULL);
     r->metadata = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), NULL);
-    r->content = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), NULL);
-    if (!r->header || !r->metadata || !r->content) {
+    if (!r->header || !r->metadata) {
         g_warning("engine %d: dropping message with invalid JSON", e->id);
         request_free(r);
         return NULL;
@@ -135,8 +134,18 @@ static Request *request_recv(Engine *e, void *sock)
     return r;
 }
 
-static JsonObject *request_content(const Request *r)
+/* The content, parsed on first use (an echo apply never needs it); an unparsable
+ * content reads as {}. */
+static JsonObject *request_content(Request *r)
 {
+    if (!r->content) {
+        const HerdFrames *f = &r->frames;
+        r->content = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), NULL);
+        if (!r->content) {
+            r->content = json_node_new(JSON_NODE_OBJECT);
+            json_node_take_object(r->content, json_object_new());
+        }
+    }
     return json_node_get_object(r->content);
 }
 
