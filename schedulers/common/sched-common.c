@@ -68,7 +68,7 @@ gboolean sched_opt_uint(GKeyFile *conf, const char *group, const char *key, guin
 static const char *const scheme_names[] = {
     [SCHED_SCHEME_LEASTLOAD] = "leastload", [SCHED_SCHEME_LRU] = "lru",
     [SCHED_SCHEME_PLAINRANDOM] = "plainrandom", [SCHED_SCHEME_TWOBIN] = "twobin",
-    [SCHED_SCHEME_WEIGHTED] = "weighted",
+    [SCHED_SCHEME_WEIGHTED] = "weighted", [SCHED_SCHEME_PURE] = "pure",
 };
 
 const char *sched_scheme_name(SchedScheme scheme)
@@ -86,14 +86,14 @@ gboolean sched_opt_scheme(GKeyFile *conf, const char *group, SchedScheme *out, G
         return TRUE;
     }
     for (guint i = 0; i < G_N_ELEMENTS(scheme_names); i++) {
-        if (g_ascii_strcasecmp(raw, scheme_names[i]) == 0) {
+        if (g_strcmp0(raw, scheme_names[i]) == 0) {
             *out = (SchedScheme)i;
             return TRUE;
         }
     }
     g_set_error(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_BAD_VALUE,
-                "[%s] scheme: bad value '%s' (expected leastload, lru, plainrandom, twobin or "
-                "weighted)",
+                "[%s] scheme: bad value '%s' (expected leastload, lru, plainrandom, twobin, "
+                "weighted or pure)",
                 group, raw);
     return FALSE;
 }
@@ -139,6 +139,7 @@ guint sched_scheme_pick(SchedScheme scheme, const guint *loads, guint n, GRand *
     g_return_val_if_fail(n > 0, 0);
     switch (scheme) {
     case SCHED_SCHEME_LRU:
+    case SCHED_SCHEME_PURE:
         return 0;
     case SCHED_SCHEME_PLAINRANDOM:
         return (guint)g_rand_int_range(rng, 0, (gint32)n);

@@ -29,6 +29,9 @@ typedef enum {
     SCHED_SCHEME_PLAINRANDOM,   /* uniformly random */
     SCHED_SCHEME_TWOBIN,        /* two random draws, keep the less recently used */
     SCHED_SCHEME_WEIGHTED,      /* two draws weighted by 1/load, keep the less loaded */
+    SCHED_SCHEME_PURE,          /* ipcontroller's ZMQ relay: plain rotation, no hwm (the
+                                   plugins force hwm = 0); clients told "pure" avoid
+                                   dependencies */
 } SchedScheme;
 
 const char *sched_scheme_name(SchedScheme scheme);

@@ -126,7 +126,7 @@ static gpointer lb_create(HerdSchedHost *host, GKeyFile *conf, const char *group
     LbSched *ls = g_new0(LbSched, 1);
     ls->host = host;
     ls->scheme = scheme;
-    ls->hwm = hwm;
+    ls->hwm = scheme == SCHED_SCHEME_PURE ? 0 : hwm; /* a ZMQ relay has no hwm */
     ls->stranded_delay_ms = delay;
     ls->rng = g_rand_new();
     g_queue_init(&ls->engines);

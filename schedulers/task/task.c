@@ -797,7 +797,7 @@ static gpointer task_create(HerdSchedHost *host, GKeyFile *conf, const char *gro
     TaskSched *ts = g_new0(TaskSched, 1);
     ts->host = host;
     ts->scheme = scheme;
-    ts->hwm = hwm;
+    ts->hwm = scheme == SCHED_SCHEME_PURE ? 0 : hwm; /* a ZMQ relay has no hwm */
     ts->stranded_delay_ms = delay;
     ts->history_limit = history;
     ts->rng = g_rand_new();

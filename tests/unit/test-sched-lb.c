@@ -227,6 +227,19 @@ static void test_dispatch_failing_at_once(void)
     harness_free(h);
 }
 
+static void test_pure_rotates_without_hwm(void)
+{
+    Harness *h = new_lb("scheme=pure\nhwm=1");
+    g_assert_cmpstr(harness_scheme(h), ==, "pure");
+    harness_engine_up(h, "e0");
+    harness_engine_up(h, "e1");
+    harness_request(h, "a", NULL);
+    harness_request(h, "b", NULL);
+    harness_request(h, "c", NULL);
+    harness_expect(h, "dispatch a e1; dispatch b e0; dispatch c e1");
+    harness_free(h);
+}
+
 static void test_options(void)
 {
     struct {
@@ -238,7 +251,7 @@ static void test_options(void)
         {"[scheduler.task]\nretries=1\n", HERD_CONFIG_ERROR_UNKNOWN_KEY, "'retries'"},
         {"[scheduler.task]\nhwm=-1\n", HERD_CONFIG_ERROR_BAD_VALUE, "'-1'"},
         {"[scheduler.task]\nhwm=lots\n", HERD_CONFIG_ERROR_BAD_VALUE, "hwm"},
-        {"[scheduler.task]\nscheme=pure\n", HERD_CONFIG_ERROR_BAD_VALUE, "'pure'"},
+        {"[scheduler.task]\nscheme=random\n", HERD_CONFIG_ERROR_BAD_VALUE, "'random'"},
         {"[scheduler.task]\nstranded_delay_ms=1.5\n", HERD_CONFIG_ERROR_BAD_VALUE,
          "stranded_delay_ms"},
     };
@@ -268,6 +281,7 @@ int main(int argc, char **argv)
                     test_stranded_timer_dropped_when_all_answered);
     g_test_add_func("/sched/lb/engine-down-idle", test_engine_down_with_nothing_in_flight);
     g_test_add_func("/sched/lb/dispatch-fails-at-once", test_dispatch_failing_at_once);
+    g_test_add_func("/sched/lb/pure", test_pure_rotates_without_hwm);
     g_test_add_func("/sched/lb/options", test_options);
     return g_test_run();
 }

@@ -34,6 +34,15 @@ static void test_scheme_reported(void)
     h = new_task("scheme=twobin");
     g_assert_cmpstr(harness_scheme(h), ==, "twobin");
     harness_free(h);
+    /* pure (ipcontroller's ZMQ relay) rotates with no hwm */
+    h = new_task("scheme=pure");
+    g_assert_cmpstr(harness_scheme(h), ==, "pure");
+    engines_up(h, 2);
+    harness_request(h, "a", NULL);
+    harness_request(h, "b", NULL);
+    harness_request(h, "c", NULL);
+    harness_expect(h, "dispatch a e1; dispatch b e0; dispatch c e1");
+    harness_free(h);
 }
 
 static void test_leastload_picks_least_loaded(void)
@@ -613,7 +622,7 @@ static void test_options(void)
         const char *mentions;
     } cases[] = {
         {"[scheduler.task]\nretries=2\n", HERD_CONFIG_ERROR_UNKNOWN_KEY, "'retries'"},
-        {"[scheduler.task]\nscheme=pure\n", HERD_CONFIG_ERROR_BAD_VALUE, "'pure'"},
+        {"[scheduler.task]\nscheme=Least\n", HERD_CONFIG_ERROR_BAD_VALUE, "'Least'"},
         {"[scheduler.task]\nhwm=x\n", HERD_CONFIG_ERROR_BAD_VALUE, "'x'"},
         {"[scheduler.task]\nhistory_limit=0\n", HERD_CONFIG_ERROR_BAD_VALUE, "history_limit"},
         {"[scheduler.task]\nstranded_delay_ms=-5\n", HERD_CONFIG_ERROR_BAD_VALUE, "'-5'"},
