@@ -14,6 +14,14 @@ from native_helpers import NativeEngines
 import ipyparallel as ipp
 
 
+def finished(ar, timeout=20):
+    """The result, once the output (stdout/stderr on IOPub) is complete too: a reply and
+    its output travel on different sockets."""
+    result = ar.get(timeout=timeout)
+    assert ar.wait_for_output(timeout)
+    return result
+
+
 @pytest.fixture
 def native_cluster(cluster_factory):
     """make(count, executor='shell', python_controller=False) -> (cluster, engines),
@@ -40,9 +48,10 @@ def test_shell_engines_run_hostname_and_stream_output(native_cluster):
     cluster, _ = native_cluster(2)
     rc = cluster.client
     ar = rc[:].execute("hostname", block=False)
-    ar.get(timeout=20)
+    finished(ar)
     assert ar.stdout == [socket.gethostname() + "\n"] * 2
-    ar = rc[:].execute("echo out; echo err >&2", block=True)
+    ar = rc[:].execute("echo out; echo err >&2", block=False)
+    finished(ar)
     assert ar.stdout == ["out\n"] * 2
     assert ar.stderr == ["err\n"] * 2
 
@@ -51,7 +60,8 @@ def test_native_engines_register_with_python_controller(native_cluster):
     cluster, _ = native_cluster(2, python_controller=True)
     rc = cluster.client
     assert sorted(rc.ids) == [0, 1]
-    ar = rc[:].execute("printf '%s' done", block=True)
+    ar = rc[:].execute("printf '%s' done", block=False)
+    finished(ar)
     assert ar.stdout == ["done"] * 2
 
 
@@ -78,8 +88,8 @@ def test_requests_run_in_order_and_abort_skips_queued_ones(native_cluster):
     second = view.execute("echo second", block=False)
     third = view.execute("echo third", block=False)
     cluster.client.abort(second, targets=0, block=True)
-    first.get(timeout=20)
-    third.get(timeout=20)
+    finished(first)
+    finished(third)
     with pytest.raises(ipp.error.TaskAborted):
         second.get(timeout=20)
     assert first.stdout == "first\n"
@@ -91,7 +101,7 @@ def test_broadcast_view_runs_on_every_engine(native_cluster):
     cluster, _ = native_cluster(3)
     bview = cluster.client.broadcast_view()
     ar = bview.execute("echo hi", block=False)
-    ar.get(timeout=20)
+    finished(ar)
     assert ar.stdout == ["hi\n"] * 3
 
 
@@ -101,7 +111,7 @@ def test_many_engines_share_one_process(native_cluster):
     assert len(rc.ids) == 24
     # The echo executor answers execute with status ok (and no output).
     ar = rc[:].execute("anything", block=False)
-    ar.get(timeout=30)
+    finished(ar, timeout=30)
     assert ar.stdout == [""] * 24
     assert engines.alive()
 
