@@ -588,17 +588,19 @@ static double safe_ratio(double a, double b)
     return b > 0 ? a / b : NAN;
 }
 
+/* Every ratio reads "how many times better the first run is": > 1 means `fast` wins. */
 static void print_ratios(const RunResult *fast, const RunResult *slow)
 {
-    printf("\n%s vs %s: throughput x, p50 latency /, CPU per task /\n", fast->label, slow->label);
+    printf("\n%s relative to %s (x > 1: %s is better)\n", fast->label, slow->label, fast->label);
+    printf("  %-16s %12s %12s %12s\n", "channel", "throughput", "p50 latency", "CPU/task");
     for (guint i = 0; i < fast->channels->len; i++) {
         ChannelResult *a = fast->channels->pdata[i], *b = find_channel(slow, a);
         if (!b)
             continue;
         char name[64];
-        printf("  %-16s throughput %6.1fx   p50 latency %6.1fx lower   CPU/task %6.1fx lower\n",
-               channel_label(a, name, sizeof name), safe_ratio(a->tasks_per_s, b->tasks_per_s),
-               safe_ratio(b->p50_ms, a->p50_ms), safe_ratio(b->cpu_us_per_task, a->cpu_us_per_task));
+        printf("  %-16s %11.2fx %11.2fx %11.2fx\n", channel_label(a, name, sizeof name),
+               safe_ratio(a->tasks_per_s, b->tasks_per_s), safe_ratio(b->p50_ms, a->p50_ms),
+               safe_ratio(b->cpu_us_per_task, a->cpu_us_per_task));
     }
 }
 
