@@ -29,7 +29,11 @@
 
 typedef enum { EXECUTOR_ECHO, EXECUTOR_SHELL } ExecutorKind;
 
-typedef enum { ENGINE_REGISTERING, ENGINE_RUNNING, ENGINE_STOPPED } EngineState;
+typedef enum { ENGINE_NEW, ENGINE_REGISTERING, ENGINE_RUNNING, ENGINE_STOPPED } EngineState;
+
+/* Registrations in flight at once: thousands of engines asking in the same millisecond
+ * would make the last ones wait past their registration timeout. */
+#define REGISTRATION_WINDOW 32
 
 typedef struct EngineHost EngineHost;
 
@@ -73,6 +77,7 @@ struct EngineHost {
     void *hb_sub;  /* shared SUB on hb_ping */
     GPtrArray *engines;
     guint n_stopped;
+    guint n_registering;
     int registration_timeout_ms;
     int hb_max_misses;
     int hb_period_ms;      /* from the registration reply */
@@ -641,8 +646,16 @@ static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *c
     json_node_unref(content);
 }
 
+static void *engine_socket(Engine *e, int type, const char *routing_id);
+static void connect_port(EngineHost *h, void *s, int port);
+
 static void engine_send_registration(Engine *e)
 {
+    EngineHost *h = e->host;
+    e->registration = engine_socket(e, ZMQ_DEALER, e->uuid);
+    connect_port(h, e->registration, h->ci.ports.registration);
+    e->state = ENGINE_REGISTERING;
+    h->n_registering++;
     JsonObject *c = json_object_new();
     json_object_set_string_member(c, "uuid", e->uuid);
     if (e->requested_id >= 0)
@@ -675,9 +688,7 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
     e->requested_id = requested_id;
     e->aborted = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     g_queue_init(&e->waiting);
-    e->registration = engine_socket(e, ZMQ_DEALER, e->uuid);
-    connect_port(h, e->registration, h->ci.ports.registration);
-    e->state = ENGINE_REGISTERING;
+    e->state = ENGINE_NEW;
     return e;
 }
 
@@ -688,6 +699,7 @@ static void engine_start(Engine *e, int id)
 {
     EngineHost *h = e->host;
     e->id = id;
+    h->n_registering--;
     e->shell = engine_socket(e, ZMQ_ROUTER, e->uuid);
     connect_port(h, e->shell, h->ci.ports.mux);
     connect_port(h, e->shell, h->ci.ports.task);
@@ -713,6 +725,8 @@ static void engine_stop(Engine *e)
 {
     if (e->state == ENGINE_STOPPED)
         return;
+    if (e->state == ENGINE_REGISTERING)
+        e->host->n_registering--;
     shell_kill(e);
     Request *r;
     while ((r = g_queue_pop_head(&e->waiting)))
@@ -804,7 +818,7 @@ static void pollset_build(EngineHost *h, PollSet *p)
         pollset_add(p, h->hb_sub, 0, NULL, SRC_PING);
     for (guint i = 0; i < h->engines->len; i++) {
         Engine *e = h->engines->pdata[i];
-        if (e->state == ENGINE_STOPPED)
+        if (e->state == ENGINE_STOPPED || e->state == ENGINE_NEW)
             continue;
         pollset_add(p, e->registration, 0, e, SRC_REGISTRATION);
         if (e->state != ENGINE_RUNNING)
@@ -858,6 +872,8 @@ static long check_timers(EngineHost *h)
     long timeout = 1000;
     for (guint i = 0; i < h->engines->len; i++) {
         Engine *e = h->engines->pdata[i];
+        if (e->state == ENGINE_NEW && h->n_registering < REGISTRATION_WINDOW)
+            engine_send_registration(e);
         if (e->state == ENGINE_REGISTERING) {
             if (now >= e->registration_deadline_us) {
                 g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
@@ -1033,7 +1049,6 @@ int herd_cmd_engine(int argc, char **argv)
             return 1;
         }
         g_ptr_array_add(h.engines, e);
-        engine_send_registration(e);
     }
     host_run(&h);
     host_unregister_all(&h);

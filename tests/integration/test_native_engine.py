@@ -106,13 +106,13 @@ def test_broadcast_view_runs_on_every_engine(native_cluster):
 
 
 def test_many_engines_share_one_process(native_cluster):
-    cluster, engines = native_cluster(24, executor="echo")
+    cluster, engines = native_cluster(40, executor="echo")
     rc = cluster.client
-    assert len(rc.ids) == 24
+    assert len(rc.ids) == 40
     # The echo executor answers execute with status ok (and no output).
     ar = rc[:].execute("anything", block=False)
     finished(ar, timeout=30)
-    assert ar.stdout == [""] * 24
+    assert ar.stdout == [""] * 40
     assert engines.alive()
 
 
