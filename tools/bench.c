@@ -808,13 +808,13 @@ int herd_cmd_bench(int argc, char **argv)
 {
     BenchConfig cfg = { .engines = 4, .clients = 1, .tasks = 20000, .latency_tasks = 1000, .window = 256,
                         .payload = 64, .ping_ms = 100, .phase_seconds = 60, .startup_seconds = 30 };
-    g_autofree char *channels = NULL, *schemes = NULL;
+    g_autofree char *channels = NULL, *schemes = NULL, *controller_cmd = NULL, *python = NULL;
     GOptionEntry entries[] = {
-        { "controller-cmd", 0, 0, G_OPTION_ARG_STRING, &cfg.controller_cmd,
+        { "controller-cmd", 0, 0, G_OPTION_ARG_STRING, &controller_cmd,
           "Controller command (default: herdd); bench appends --profile-dir, --ip, --ping, --scheme", "CMD" },
         { "compare", 0, 0, G_OPTION_ARG_NONE, &cfg.compare, "Run herdd (or --controller-cmd) and the Python controller back to back", NULL },
         { "raw", 0, 0, G_OPTION_ARG_NONE, &cfg.raw, "Also run the bare libzmq relay baseline (herd relay)", NULL },
-        { "python", 0, 0, G_OPTION_ARG_STRING, &cfg.python, "Python with ipyparallel for --compare (default: python3)", "PATH" },
+        { "python", 0, 0, G_OPTION_ARG_STRING, &python, "Python with ipyparallel for --compare (default: python3)", "PATH" },
         { "engines", 'n', 0, G_OPTION_ARG_INT, &cfg.engines, "Echo engines (default 4)", "N" },
         { "clients", 'c', 0, G_OPTION_ARG_INT, &cfg.clients, "Client threads for the throughput phase (default 1)", "N" },
         { "tasks", 't', 0, G_OPTION_ARG_INT, &cfg.tasks, "Requests per channel in the throughput phase (default 20000)", "N" },
@@ -838,6 +838,8 @@ int herd_cmd_bench(int argc, char **argv)
         g_error_free(err);
         return 2;
     }
+    cfg.controller_cmd = controller_cmd;
+    cfg.python = python;
     cfg.channels = g_strsplit(channels ? channels : "mux,lb,broadcast", ",", 0);
     cfg.schemes = g_strsplit(schemes ? schemes : "leastload", ",", 0);
     if (!valid_channels(cfg.channels) || !cfg.schemes[0] || cfg.engines < 1 || cfg.clients < 1 || cfg.tasks < 1 ||
@@ -851,6 +853,8 @@ int herd_cmd_bench(int argc, char **argv)
     if (!workdir) {
         fprintf(stderr, "herd bench: %s\n", err->message);
         g_error_free(err);
+        g_strfreev(cfg.channels);
+        g_strfreev(cfg.schemes);
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -891,7 +895,5 @@ int herd_cmd_bench(int argc, char **argv)
     g_ptr_array_free(runs, TRUE);
     g_strfreev(cfg.channels);
     g_strfreev(cfg.schemes);
-    g_free(cfg.controller_cmd);
-    g_free(cfg.python);
     return status;
 }
