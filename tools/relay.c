@@ -340,6 +340,7 @@ static void relay_run(Relay *r)
             herd_frames_init(&in);
             for (int n = 0; n < 256 && herd_frames_recv(r->socks[i], &in, ZMQ_DONTWAIT) == 0; n++)
                 relay_handle(r, i, &in);
+            herd_frames_clear(&in); /* a failed receive may leave an empty array behind */
         }
     }
 }

@@ -156,6 +156,7 @@ static gpointer fake_controller_main(gpointer data)
                 handlers[i](fc, &in);
                 herd_frames_clear(&in);
             }
+            herd_frames_clear(&in); /* a failed receive may leave an empty array behind */
         }
         if (g_atomic_int_get(&fc->announce_engine)) {
             HerdFrames out;
