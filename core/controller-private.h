@@ -13,6 +13,8 @@
 
 #define G_LOG_DOMAIN_HERD "herd"
 
+struct HerdMsgFields;
+
 typedef struct HerdController HerdController;
 typedef struct Channel Channel;
 
@@ -39,7 +41,8 @@ typedef struct Job {
     char *msg_id;
     char *msg_type;
     char *target_uuid;
-    JsonNode *header;      /* parsed request header */
+    char *session;         /* request header.session */
+    char *date;            /* request header.date */
     JsonNode *metadata;    /* parsed request metadata */
     Engine *engine;        /* where it currently runs (plain jobs), or NULL */
     guint64 seq;
@@ -67,6 +70,9 @@ typedef struct Reply {
     struct Sub *sub;     /* broadcast: the sub-request answered */
     char *status;
     char *engine_uuid;
+    char *date;          /* reply header.date (NULL for replies the core made) */
+    char *started;       /* reply metadata.started */
+    gboolean decoded;    /* date/started/engine taken from the frames: records need no parse */
     gboolean kept;
     gboolean consumed;
 } Reply;
@@ -147,14 +153,15 @@ void herd_router_submit_internal(HerdController *ctl, HerdFrames *msg_from_delim
 void herd_hub_init(HerdController *ctl);
 void herd_hub_start(HerdController *ctl);
 void herd_hub_free(HerdController *ctl);
-void herd_hub_on_registration(void *sock, gpointer data);
-void herd_hub_on_pong(void *sock, gpointer data);
+gboolean herd_hub_on_registration(void *sock, gpointer data);
+gboolean herd_hub_on_pong(void *sock, gpointer data);
 void herd_hub_iopub(HerdController *ctl, const HerdFrames *msg);
 Engine *herd_hub_engine(HerdController *ctl, const char *uuid); /* registered only */
 /* bookkeeping hooks from the router */
 void herd_hub_job_received(HerdController *ctl, Job *job);
 void herd_hub_job_dispatched(HerdController *ctl, Job *job, Engine *e);
 void herd_hub_job_undispatched(HerdController *ctl, Job *job);
+/* fields: what the router already decoded from the reply, or NULL (records parse it). */
 void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e,
-                           const char *status);
+                           const char *status, const struct HerdMsgFields *fields);
 void herd_hub_drop(HerdController *ctl, const char *where, const char *why);

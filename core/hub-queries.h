@@ -13,7 +13,8 @@ void herd_hub_records_init(HerdController *ctl);
 void herd_hub_records_free(HerdController *ctl);
 void herd_hub_records_request(HerdController *ctl, Job *job);
 void herd_hub_records_engine(HerdController *ctl, Job *job, Engine *e);
-void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply);
+void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply,
+                            const struct HerdMsgFields *fields);
 void herd_hub_records_iopub(HerdController *ctl, const HerdFrames *msg);
 
 void herd_hub_on_result_request(HerdController *ctl, const HerdFrames *req, JsonObject *content);

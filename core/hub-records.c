@@ -36,12 +36,11 @@ void herd_hub_records_request(HerdController *ctl, Job *job)
         g_info("mux: %s is for %s, which is not a registered engine: not recorded", job->msg_id, job->target_uuid);
         return;
     }
-    JsonObject *ho = json_node_get_object(job->header);
     HerdMsgFields fields = {
         .msg_id = job->msg_id,
         .msg_type = job->msg_type,
-        .session = herd_json_str(ho, "session"),
-        .date = herd_json_str(ho, "date"),
+        .session = job->session,
+        .date = job->date,
     };
     herd_records_add_request(store(ctl), &job->req, queue, job->target_uuid, &fields);
 }
@@ -51,11 +50,11 @@ void herd_hub_records_engine(HerdController *ctl, Job *job, Engine *e)
     herd_records_set_engine(store(ctl), job->msg_id, e->uuid);
 }
 
-void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply)
+void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply, const HerdMsgFields *fields)
 {
     if (job->ch->kind == CH_BROADCAST)
         return;
-    herd_records_add_reply(store(ctl), reply, NULL, g_get_real_time());
+    herd_records_add_reply(store(ctl), reply, fields, g_get_real_time());
 }
 
 void herd_hub_records_iopub(HerdController *ctl, const HerdFrames *msg)

@@ -261,14 +261,14 @@ static void beat(gpointer data)
     schedule_beat(ctl);
 }
 
-void herd_hub_on_pong(void *sock, gpointer data)
+gboolean herd_hub_on_pong(void *sock, gpointer data)
 {
     HerdController *ctl = data;
     for (int i = 0; i < 1024; i++) {
         HerdFrames f;
         herd_frames_init(&f);
         if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return;
+            return FALSE;
         if (f.n == 2) {
             const char *tok = herd_frame_data(&f, 1);
             gsize len = herd_frame_size(&f, 1);
@@ -281,6 +281,7 @@ void herd_hub_on_pong(void *sock, gpointer data)
         }
         herd_frames_clear(&f);
     }
+    return TRUE;
 }
 
 /* ---------------------------------------------------------------- registration & queries */
@@ -644,17 +645,18 @@ static void handle_query(HerdController *ctl, HerdFrames *f)
     json_node_unref(content);
 }
 
-void herd_hub_on_registration(void *sock, gpointer data)
+gboolean herd_hub_on_registration(void *sock, gpointer data)
 {
     HerdController *ctl = data;
     for (int i = 0; i < 256; i++) {
         HerdFrames f;
         herd_frames_init(&f);
         if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return;
+            return FALSE;
         handle_query(ctl, &f);
         herd_frames_clear(&f);
     }
+    return TRUE;
 }
 
 /* ---------------------------------------------------------------- iopub */
@@ -711,7 +713,8 @@ void herd_hub_job_undispatched(HerdController *ctl, Job *job)
     }
 }
 
-void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e, const char *status)
+void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e, const char *status,
+                           const struct HerdMsgFields *fields)
 {
     if (job->ch->kind == CH_TASK)
         g_hash_table_remove(ctl->unassigned, job->msg_id);
@@ -723,7 +726,7 @@ void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *repl
         while (g_queue_get_length(e->completed_ids) > cap)
             g_free(g_queue_pop_head(e->completed_ids));
     }
-    herd_hub_records_reply(ctl, job, reply);
+    herd_hub_records_reply(ctl, job, reply, fields);
 }
 
 /* ---------------------------------------------------------------- lifecycle */

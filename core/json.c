@@ -343,3 +343,161 @@ JsonNode *herd_error_content(const char *ename, const char *evalue)
     g_free(last_line);
     return node;
 }
+
+/* ---- fast member scan ---- */
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p at an opening quote; returns the position after the closing quote, or NULL. */
+static const char *scan_string(const char *p, const char *end, gboolean *escaped)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            *escaped = TRUE;
+            p++;
+        } else if (*p == '"') {
+            return p + 1;
+        } else if ((guchar)*p < 0x20) {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* p at the first character of a value; returns the position after it, or NULL. */
+static const char *scan_value(const char *p, const char *end, HerdJsonKind *kind, gboolean *escaped)
+{
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"':
+        *kind = HERD_JSON_STRING;
+        return scan_string(p, end, escaped);
+    case '{':
+    case '[': {
+        *kind = *p == '{' ? HERD_JSON_OBJECT : HERD_JSON_ARRAY;
+        int depth = 0;
+        for (; p < end; p++) {
+            if (*p == '"') {
+                gboolean esc = FALSE;
+                p = scan_string(p, end, &esc);
+                if (!p)
+                    return NULL;
+                p--;
+            } else if (*p == '{' || *p == '[') {
+                if (++depth > JSON_MAX_DEPTH)
+                    return NULL;
+            } else if (*p == '}' || *p == ']') {
+                if (--depth == 0)
+                    return p + 1;
+            }
+        }
+        return NULL;
+    }
+    case 't':
+        *kind = HERD_JSON_TRUE;
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        *kind = HERD_JSON_FALSE;
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        *kind = HERD_JSON_NULL;
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        if (*p != '-' && !g_ascii_isdigit(*p))
+            return NULL;
+        *kind = HERD_JSON_NUMBER;
+        while (p < end && (g_ascii_isdigit(*p) || *p == '-' || *p == '+' || *p == '.' || *p == 'e' || *p == 'E'))
+            p++;
+        return p;
+    }
+}
+
+gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields)
+{
+    for (guint i = 0; i < n_fields; i++) {
+        fields[i].kind = HERD_JSON_ABSENT;
+        fields[i].value = NULL;
+        fields[i].len = 0;
+        fields[i].escaped = FALSE;
+    }
+    if (!b.data)
+        return TRUE; /* NULL stands for {} */
+    const char *p = b.data, *end = b.data + b.len;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return FALSE;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return skip_ws(p + 1, end) == end;
+    for (;;) {
+        if (p >= end || *p != '"')
+            return FALSE;
+        gboolean key_escaped = FALSE;
+        const char *key = p + 1;
+        p = scan_string(p, end, &key_escaped);
+        if (!p)
+            return FALSE;
+        gsize key_len = (gsize)(p - 1 - key);
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return FALSE;
+        p = skip_ws(p + 1, end);
+        HerdJsonKind kind = HERD_JSON_ABSENT;
+        gboolean escaped = FALSE;
+        const char *value = p;
+        p = scan_value(p, end, &kind, &escaped);
+        if (!p)
+            return FALSE;
+        for (guint i = 0; i < n_fields && !key_escaped; i++) {
+            if (strlen(fields[i].name) == key_len && memcmp(fields[i].name, key, key_len) == 0) {
+                fields[i].kind = kind;
+                fields[i].escaped = escaped;
+                if (kind == HERD_JSON_STRING) {
+                    fields[i].value = value + 1;
+                    fields[i].len = (gsize)(p - value - 2);
+                } else {
+                    fields[i].value = value;
+                    fields[i].len = (gsize)(p - value);
+                }
+            }
+        }
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            return skip_ws(p + 1, end) == end;
+        return FALSE;
+    }
+}
+
+char *herd_json_field_dup(const HerdJsonField *f)
+{
+    if (f->kind != HERD_JSON_STRING)
+        return NULL;
+    if (!f->escaped)
+        return g_strndup(f->value, f->len);
+    /* rare: let json-glib decode the escapes */
+    g_autofree char *doc = g_strdup_printf("{\"v\":\"%.*s\"}", (int)f->len, f->value);
+    JsonNode *n = herd_json_parse_object((HerdBytes){ doc, strlen(doc) }, NULL);
+    char *out = n ? g_strdup(herd_json_str(json_node_get_object(n), "v")) : NULL;
+    if (n)
+        json_node_unref(n);
+    return out;
+}
+
+const char *herd_json_field_str(const HerdJsonField *f, char *buf, gsize size)
+{
+    if (f->kind != HERD_JSON_STRING || f->escaped || f->len >= size)
+        return NULL;
+    memcpy(buf, f->value, f->len);
+    buf[f->len] = '\0';
+    return buf;
+}

@@ -1,15 +1,18 @@
-/* herd — the zmq_poll event loop. */
+/* herd — the event loop: epoll on ZMQ_FDs and plain fds, one-shot timers (see loop.h). */
 #include "herd/loop.h"
 
 #include <errno.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <zmq.h>
 
 typedef struct {
     void *zsock; /* NULL for a plain fd */
-    int fd;
+    int fd;      /* the fd waited on: ZMQ_FD of zsock, or the plain fd */
     HerdSocketFn sock_fn;
     HerdFdFn fd_fn;
     gpointer data;
+    gboolean ready; /* may have input: check before sleeping */
 } Watch;
 
 typedef struct {
@@ -20,9 +23,10 @@ typedef struct {
 } Timer;
 
 struct HerdLoop {
-    GArray *watches;          /* Watch */
-    GArray *items;            /* zmq_pollitem_t, rebuilt when watches change */
-    gboolean items_dirty;
+    int epfd;
+    GPtrArray *watches;       /* Watch*, in the order they were added */
+    GHashTable *by_socket;    /* zsock -> Watch */
+    gboolean watches_changed; /* set when a callback adds or removes a watch */
     GSequence *timers;        /* Timer*, by (deadline, id) */
     GHashTable *timer_by_id;  /* id -> GSequenceIter */
     guint next_timer_id;
@@ -42,8 +46,11 @@ static gint timer_cmp(gconstpointer a, gconstpointer b, gpointer unused)
 HerdLoop *herd_loop_new(void)
 {
     HerdLoop *loop = g_new0(HerdLoop, 1);
-    loop->watches = g_array_new(FALSE, TRUE, sizeof(Watch));
-    loop->items = g_array_new(FALSE, TRUE, sizeof(zmq_pollitem_t));
+    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (loop->epfd < 0)
+        g_error("epoll_create1: %s", g_strerror(errno));
+    loop->watches = g_ptr_array_new_with_free_func(g_free);
+    loop->by_socket = g_hash_table_new(g_direct_hash, g_direct_equal);
     loop->timers = g_sequence_new(g_free);
     loop->timer_by_id = g_hash_table_new(g_direct_hash, g_direct_equal);
     loop->next_timer_id = 1;
@@ -54,37 +61,71 @@ void herd_loop_free(HerdLoop *loop)
 {
     if (!loop)
         return;
-    g_array_free(loop->watches, TRUE);
-    g_array_free(loop->items, TRUE);
+    close(loop->epfd);
+    g_hash_table_destroy(loop->by_socket);
+    g_ptr_array_free(loop->watches, TRUE);
     g_hash_table_destroy(loop->timer_by_id);
     g_sequence_free(loop->timers);
     g_free(loop);
 }
 
-static void add_watch(HerdLoop *loop, Watch w)
+static void add_watch(HerdLoop *loop, Watch *w)
 {
-    g_array_append_val(loop->watches, w);
-    loop->items_dirty = TRUE;
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0)
+        g_error("epoll_ctl(ADD, %d): %s", w->fd, g_strerror(errno));
+    g_ptr_array_add(loop->watches, w);
+    if (w->zsock)
+        g_hash_table_insert(loop->by_socket, w->zsock, w);
+    loop->watches_changed = TRUE;
 }
 
 void herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data)
 {
-    add_watch(loop, (Watch){ .zsock = zsock, .fd = -1, .sock_fn = fn, .data = data });
+    Watch *w = g_new0(Watch, 1);
+    size_t len = sizeof w->fd;
+    if (zmq_getsockopt(zsock, ZMQ_FD, &w->fd, &len) < 0)
+        g_error("zmq_getsockopt(ZMQ_FD): %s", zmq_strerror(errno));
+    w->zsock = zsock;
+    w->sock_fn = fn;
+    w->data = data;
+    w->ready = TRUE; /* input may be queued already */
+    add_watch(loop, w);
 }
 
 void herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data)
 {
-    add_watch(loop, (Watch){ .zsock = NULL, .fd = fd, .fd_fn = fn, .data = data });
+    Watch *w = g_new0(Watch, 1);
+    w->fd = fd;
+    w->fd_fn = fn;
+    w->data = data;
+    add_watch(loop, w);
 }
 
 void herd_loop_remove_socket(HerdLoop *loop, void *zsock)
 {
+    Watch *w = g_hash_table_lookup(loop->by_socket, zsock);
+    if (!w)
+        return;
+    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    g_hash_table_remove(loop->by_socket, zsock);
+    g_ptr_array_remove(loop->watches, w);
+    loop->watches_changed = TRUE;
+}
+
+void herd_loop_touch(HerdLoop *loop, void *zsock)
+{
+    Watch *w = g_hash_table_lookup(loop->by_socket, zsock);
+    if (w)
+        w->ready = TRUE;
+}
+
+static void mark_all_sockets_ready(HerdLoop *loop)
+{
     for (guint i = 0; i < loop->watches->len; i++) {
-        if (g_array_index(loop->watches, Watch, i).zsock == zsock) {
-            g_array_remove_index(loop->watches, i);
-            loop->items_dirty = TRUE;
-            return;
-        }
+        Watch *w = loop->watches->pdata[i];
+        if (w->zsock)
+            w->ready = TRUE;
     }
 }
 
@@ -131,6 +172,7 @@ guint herd_loop_timer_count(const HerdLoop *loop)
  * iteration so that a zero-delay timer cannot starve the sockets. */
 static void run_due_timers(HerdLoop *loop)
 {
+    gboolean fired = FALSE;
     gint64 now = g_get_monotonic_time();
     guint limit = loop->next_timer_id;
     for (;;) {
@@ -139,15 +181,18 @@ static void run_due_timers(HerdLoop *loop)
             return;
         Timer *t = g_sequence_get(it);
         if (t->deadline > now || t->id >= limit)
-            return;
+            break;
         HerdTimerFn fn = t->fn;
         gpointer data = t->data;
         g_hash_table_remove(loop->timer_by_id, GUINT_TO_POINTER(t->id));
         g_sequence_remove(it);
         fn(data);
+        fired = TRUE;
         if (loop->quit)
-            return;
+            break;
     }
+    if (fired)
+        mark_all_sockets_ready(loop); /* the safety net for a missed ZMQ_FD edge */
 }
 
 static int next_timeout_ms(HerdLoop *loop, int cap_ms)
@@ -161,42 +206,45 @@ static int next_timeout_ms(HerdLoop *loop, int cap_ms)
     return (cap_ms >= 0 && cap_ms < ms) ? cap_ms : ms;
 }
 
-static void rebuild_items(HerdLoop *loop)
+static gboolean any_ready(HerdLoop *loop)
 {
-    g_array_set_size(loop->items, loop->watches->len);
-    for (guint i = 0; i < loop->watches->len; i++) {
-        Watch *w = &g_array_index(loop->watches, Watch, i);
-        zmq_pollitem_t *item = &g_array_index(loop->items, zmq_pollitem_t, i);
-        item->socket = w->zsock;
-        item->fd = w->fd;
-        item->events = ZMQ_POLLIN;
-        item->revents = 0;
+    for (guint i = 0; i < loop->watches->len; i++)
+        if (((Watch *)loop->watches->pdata[i])->ready)
+            return TRUE;
+    return FALSE;
+}
+
+/* Serve one watch that may have input. */
+static void serve(Watch *w)
+{
+    if (!w->zsock) {
+        w->ready = FALSE; /* plain fds are level-triggered in epoll */
+        w->fd_fn(w->fd, w->data);
+        return;
     }
-    loop->items_dirty = FALSE;
+    int events = 0;
+    size_t len = sizeof events;
+    if (zmq_getsockopt(w->zsock, ZMQ_EVENTS, &events, &len) < 0 || !(events & ZMQ_POLLIN)) {
+        w->ready = FALSE;
+        return;
+    }
+    w->ready = w->sock_fn(w->zsock, w->data);
 }
 
 void herd_loop_iterate(HerdLoop *loop, int timeout_ms)
 {
-    if (loop->items_dirty)
-        rebuild_items(loop);
-    int wait = next_timeout_ms(loop, timeout_ms);
-    int rc = zmq_poll((zmq_pollitem_t *)loop->items->data, (int)loop->items->len, wait);
-    if (rc < 0 && errno != EINTR && errno != ETERM)
-        g_warning("zmq_poll failed: %s", zmq_strerror(errno));
-    if (rc > 0) {
-        guint n = loop->items->len;
-        for (guint i = 0; i < n && !loop->quit; i++) {
-            if (loop->items_dirty)
-                break; /* a callback changed the set; poll again */
-            zmq_pollitem_t *item = &g_array_index(loop->items, zmq_pollitem_t, i);
-            if (!(item->revents & ZMQ_POLLIN))
-                continue;
-            Watch w = g_array_index(loop->watches, Watch, i);
-            if (w.zsock)
-                w.sock_fn(w.zsock, w.data);
-            else
-                w.fd_fn(w.fd, w.data);
-        }
+    struct epoll_event evs[64];
+    int wait = any_ready(loop) ? 0 : next_timeout_ms(loop, timeout_ms);
+    int n = epoll_wait(loop->epfd, evs, G_N_ELEMENTS(evs), wait);
+    if (n < 0 && errno != EINTR)
+        g_warning("epoll_wait failed: %s", g_strerror(errno));
+    for (int i = 0; i < n; i++)
+        ((Watch *)evs[i].data.ptr)->ready = TRUE;
+    loop->watches_changed = FALSE;
+    for (guint i = 0; i < loop->watches->len && !loop->quit && !loop->watches_changed; i++) {
+        Watch *w = loop->watches->pdata[i];
+        if (w->ready)
+            serve(w);
     }
     if (!loop->quit)
         run_due_timers(loop);

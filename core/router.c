@@ -6,6 +6,7 @@
  */
 #define G_LOG_DOMAIN "herd"
 #include "controller-private.h"
+#include "records.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -114,8 +115,8 @@ static void job_free(Job *job)
     g_free(job->target_uuid);
     if (job->metadata)
         json_node_unref(job->metadata);
-    if (job->header)
-        json_node_unref(job->header);
+    g_free(job->session);
+    g_free(job->date);
     if (job->subs)
         g_ptr_array_free(job->subs, TRUE);
     g_free(job);
@@ -136,12 +137,15 @@ static void reply_free(Reply *r)
     herd_frames_clear(&r->frames);
     g_free(r->status);
     g_free(r->engine_uuid);
+    g_free(r->date);
+    g_free(r->started);
     g_free(r);
 }
 
 /* Send and log failures; returns FALSE when the peer is unreachable. */
-static gboolean send_frames(void *sock, HerdFrames *f, const char *what)
+static gboolean send_frames(HerdController *ctl, void *sock, HerdFrames *f, const char *what)
 {
+    herd_loop_touch(ctl->loop, sock); /* a send can hide the socket's next input edge */
     if (herd_frames_send(sock, f) == 0)
         return TRUE;
     int e = errno;
@@ -335,7 +339,7 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
         Sub *sub = broadcast_sub(ch, job, e, &out);
         g_ptr_array_add(job->subs, sub);
         g_hash_table_insert(ch->subs, sub->sub_id, sub);
-        if (!send_frames(ch->engine_sock, &out, "broadcast")) {
+        if (!send_frames(ch->ctl, ch->engine_sock, &out, "broadcast")) {
             g_warning("broadcast: engine %d (%s) unreachable for %s", e->pub.id, e->uuid, job->msg_id);
             Reply *r = host_engine_error(host, hj, e->uuid)->core;
             offer_reply(ch, job, r);
@@ -352,7 +356,7 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
         herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
     job->engine = e;
     herd_hub_job_dispatched(ch->ctl, job, e);
-    if (!send_frames(ch->engine_sock, &out, ch->name)) {
+    if (!send_frames(ch->ctl, ch->engine_sock, &out, ch->name)) {
         g_warning("%s: engine %d (%s) unreachable for %s", ch->name, e->pub.id, e->uuid, job->msg_id);
         herd_hub_job_undispatched(ch->ctl, job);
         job->engine = NULL;
@@ -402,7 +406,7 @@ static void send_coalesced(Channel *ch, Job *job, Reply *last)
     }
     herd_frames_find_delim(&out);
     herd_session_resign(ctl->session, &out);
-    send_frames(ch->client_sock, &out, "broadcast");
+    send_frames(ctl, ch->client_sock, &out, "broadcast");
 }
 
 static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
@@ -423,7 +427,7 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
     } else {
         HerdFrames *f = &r->frames;
         herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
-        send_frames(ch->client_sock, f, "broadcast");
+        send_frames(ch->ctl, ch->client_sock, f, "broadcast");
     }
     reply_free(r);
     if (last)
@@ -443,12 +447,15 @@ static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
     Engine *e = r->engine_uuid ? g_hash_table_lookup(ch->ctl->engines_by_uuid, r->engine_uuid) : NULL;
     if (job->engine)
         herd_hub_job_undispatched(ch->ctl, job);
-    herd_hub_job_finished(ch->ctl, job, &r->frames, e, r->status);
+    HerdMsgFields fields = {
+        .msg_id = job->msg_id, .date = r->date, .started = r->started, .engine = r->engine_uuid,
+    };
+    herd_hub_job_finished(ch->ctl, job, &r->frames, e, r->status, r->decoded ? &fields : NULL);
     /* ipyparallel clients fail MUX requests of a dead engine themselves, on the
      * unregistration notification; a second answer would only print "stale result". */
     if (!(ch->kind == CH_MUX && r->pub.synthesized)) {
         herd_frames_swap(&r->frames, 0, 1); /* [E, C, M'] -> [C, E, M'] */
-        send_frames(ch->client_sock, &r->frames, ch->name);
+        send_frames(ch->ctl, ch->client_sock, &r->frames, ch->name);
     }
     reply_free(r);
     job_finish(ch, job);
@@ -499,14 +506,14 @@ static void fail_broadcast(Channel *ch, Job *job, JsonNode *content)
         herd_frames_init(&out);
         herd_frames_push_frame_copy(&out, req, 0);
         build_reply(ctl, &out, "apply_reply", (HerdBytes){ sub_hdr, len }, md, content);
-        send_frames(ch->client_sock, &out, "broadcast");
+        send_frames(ctl, ch->client_sock, &out, "broadcast");
     }
     if (job->coalescing || n == 0) {
         HerdFrames out;
         herd_frames_init(&out);
         herd_frames_push_frame_copy(&out, req, 0);
         build_reply(ctl, &out, "apply_reply", parent, md, content);
-        send_frames(ch->client_sock, &out, "broadcast");
+        send_frames(ctl, ch->client_sock, &out, "broadcast");
     }
     json_node_unref(md);
 }
@@ -537,9 +544,9 @@ static void host_fail(HerdSchedHost *host, HerdJob *hj, const char *ename, const
     HerdFrames rec;
     herd_frames_copy(&rec, &out);
     herd_frames_insert(&rec, 0, "", 0);
-    herd_hub_job_finished(ctl, job, &rec, NULL, "error");
+    herd_hub_job_finished(ctl, job, &rec, NULL, "error", NULL);
     herd_frames_clear(&rec);
-    send_frames(ch->client_sock, &out, ch->name);
+    send_frames(ctl, ch->client_sock, &out, ch->name);
     job_finish(ch, job);
 }
 
@@ -586,17 +593,18 @@ static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char
 
 /* ---------------------------------------------------------------- relays */
 
-/* Receive up to RECV_BATCH messages from sock and hand each to fn. */
-static void drain(void *sock, void (*fn)(Channel *, HerdFrames *), Channel *ch)
+/* Receive up to RECV_BATCH messages from sock and hand each to fn; TRUE if more may wait. */
+static gboolean drain(void *sock, void (*fn)(Channel *, HerdFrames *), Channel *ch)
 {
     for (int i = 0; i < RECV_BATCH; i++) {
         HerdFrames f;
         herd_frames_init(&f);
         if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return;
+            return FALSE;
         fn(ch, &f);
         herd_frames_clear(&f);
     }
+    return TRUE;
 }
 
 /* Signature, replay and layout checks shared by every relay. */
@@ -617,53 +625,57 @@ static gboolean accept_message(HerdController *ctl, const char *where, HerdFrame
 static void relay_control_request(HerdController *ctl, Channel *ch, HerdFrames *f)
 {
     herd_frames_swap(f, 0, 1); /* [C, E, M] -> [E, C, M] */
-    if (!send_frames(ch->engine_sock, f, "control"))
+    if (!send_frames(ctl, ch->engine_sock, f, "control"))
         herd_hub_drop(ctl, "control", "request for an engine that is not connected");
+}
+
+/* Metadata as a JSON object; the common empty "{}" skips the parser. */
+static JsonNode *parse_metadata(HerdBytes b, GError **err)
+{
+    if (b.len == 2 && b.data[0] == '{' && b.data[1] == '}')
+        return herd_json_parse_object(HERD_BYTES_NULL, err);
+    return herd_json_parse_object(b, err);
 }
 
 /* Turn a verified request into a job and hand it to the scheduler; takes f's frames. */
 static void start_job(Channel *ch, HerdFrames *f)
 {
     HerdController *ctl = ch->ctl;
-    g_autoptr(GError) err = NULL;
-    JsonNode *hdr = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), &err);
-    if (!hdr) {
+    HerdJsonField hf[] = { { .name = "msg_id" }, { .name = "msg_type" }, { .name = "session" }, { .name = "date" } };
+    if (!herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), hf, G_N_ELEMENTS(hf))) {
         herd_hub_drop(ctl, ch->name, "header is not a JSON object");
         return;
     }
-    JsonObject *ho = json_node_get_object(hdr);
-    const char *msg_id = herd_json_str(ho, "msg_id");
-    const char *msg_type = herd_json_str(ho, "msg_type");
+    g_autofree char *msg_id = herd_json_field_dup(&hf[0]);
+    g_autofree char *msg_type = herd_json_field_dup(&hf[1]);
     if (!msg_id || !*msg_id || !msg_type) {
         herd_hub_drop(ctl, ch->name, "header without msg_id or msg_type");
-        json_node_unref(hdr);
         return;
     }
     if (ch->kind == CH_MUX && g_str_has_prefix(msg_type, "comm_")) {
         /* comm messages get no reply: relay without tracking */
-        json_node_unref(hdr);
         herd_frames_swap(f, 0, 1);
-        send_frames(ch->engine_sock, f, "mux");
+        send_frames(ctl, ch->engine_sock, f, "mux");
         return;
     }
     if (g_hash_table_contains(ch->jobs, msg_id)) {
         herd_hub_drop(ctl, ch->name, "duplicate msg_id of a request in flight");
-        json_node_unref(hdr);
         return;
     }
-    JsonNode *md = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err);
+    g_autoptr(GError) err = NULL;
+    JsonNode *md = parse_metadata(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err);
     if (!md) {
         herd_hub_drop(ctl, ch->name, "metadata is not a JSON object");
-        json_node_unref(hdr);
         return;
     }
     Job *job = g_new0(Job, 1);
     job->ch = ch;
     job->req = *f; /* take the frames */
     herd_frames_init(f);
-    job->msg_id = g_strdup(msg_id);
-    job->msg_type = g_strdup(msg_type);
-    job->header = hdr;
+    job->msg_id = g_steal_pointer(&msg_id);
+    job->msg_type = g_steal_pointer(&msg_type);
+    job->session = herd_json_field_dup(&hf[2]);
+    job->date = herd_json_field_dup(&hf[3]);
     job->metadata = md;
     job->seq = ++ctl->job_seq;
     if (ch->kind == CH_MUX)
@@ -708,20 +720,24 @@ static void on_engine_reply(Channel *ch, HerdFrames *f)
         return;
     if (ch->kind == CH_CONTROL) {
         herd_frames_swap(f, 0, 1);
-        send_frames(ch->client_sock, f, "control");
+        send_frames(ctl, ch->client_sock, f, "control");
         return;
     }
-    g_autoptr(GError) err = NULL;
-    JsonNode *parent = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)), &err);
-    JsonNode *md = parent ? herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err)
-                          : NULL;
-    if (!parent || !md) {
-        herd_hub_drop(ctl, ch->name, "reply with a parent header or metadata that is not a JSON object");
-        if (parent)
-            json_node_unref(parent);
+    HerdJsonField pf[] = { { .name = "msg_id" } };
+    HerdJsonField mf[] = { { .name = "status" }, { .name = "dependencies_met" }, { .name = "started" },
+                           { .name = "engine" } };
+    HerdJsonField hf[] = { { .name = "date" } };
+    if (!herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)), pf, G_N_ELEMENTS(pf)) ||
+        !herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), mf, G_N_ELEMENTS(mf)) ||
+        !herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), hf, G_N_ELEMENTS(hf))) {
+        herd_hub_drop(ctl, ch->name, "reply with a header, parent header or metadata that is not a JSON object");
         return;
     }
-    const char *pid = herd_json_str(json_node_get_object(parent), "msg_id");
+    char idbuf[256];
+    g_autofree char *long_id = NULL;
+    const char *pid = herd_json_field_str(&pf[0], idbuf, sizeof idbuf);
+    if (!pid)
+        pid = long_id = herd_json_field_dup(&pf[0]);
     Job *job = NULL;
     Sub *sub = NULL;
     if (pid) {
@@ -736,28 +752,29 @@ static void on_engine_reply(Channel *ch, HerdFrames *f)
         if (ch->kind == CH_MUX) {
             /* not ours to judge: relay like a plain MUX device */
             herd_frames_swap(f, 0, 1);
-            send_frames(ch->client_sock, f, "mux");
+            send_frames(ctl, ch->client_sock, f, "mux");
         } else {
             herd_hub_drop(ctl, ch->name, "reply to an unknown request");
         }
-        json_node_unref(parent);
-        json_node_unref(md);
         return;
     }
-    JsonObject *mo = json_node_get_object(md);
     Reply *r = g_new0(Reply, 1);
     r->frames = *f;
     herd_frames_init(f);
     r->sub = sub;
     r->engine_uuid = g_strndup(herd_frame_data(&r->frames, 0), herd_frame_size(&r->frames, 0));
-    const char *status = herd_json_str(mo, "status");
-    r->status = g_strdup(status ? status : "ok");
+    r->status = mf[0].kind == HERD_JSON_STRING ? herd_json_field_dup(&mf[0]) : g_strdup("ok");
+    r->started = herd_json_field_dup(&mf[2]);
+    r->date = herd_json_field_dup(&hf[0]);
+    r->decoded = mf[3].kind == HERD_JSON_ABSENT || mf[3].kind == HERD_JSON_STRING;
+    if (mf[3].kind == HERD_JSON_STRING) {
+        g_free(r->engine_uuid);
+        r->engine_uuid = herd_json_field_dup(&mf[3]);
+    }
     r->pub.status = r->status;
-    r->pub.dependencies_met = herd_json_bool(mo, "dependencies_met", TRUE);
+    r->pub.dependencies_met = mf[1].kind != HERD_JSON_FALSE;
     r->pub.engine = host_find_engine(&ch->host, r->engine_uuid);
     r->pub.core = r;
-    json_node_unref(parent);
-    json_node_unref(md);
     if (job->engine && ch->kind != CH_BROADCAST) {
         herd_hub_job_undispatched(ctl, job); /* it is no longer running there */
         job->engine = NULL;
@@ -765,14 +782,14 @@ static void on_engine_reply(Channel *ch, HerdFrames *f)
     offer_reply(ch, job, r);
 }
 
-static void on_client_sock(void *sock, gpointer data)
+static gboolean on_client_sock(void *sock, gpointer data)
 {
-    drain(sock, on_client_request, data);
+    return drain(sock, on_client_request, data);
 }
 
-static void on_engine_sock(void *sock, gpointer data)
+static gboolean on_engine_sock(void *sock, gpointer data)
 {
-    drain(sock, on_engine_reply, data);
+    return drain(sock, on_engine_reply, data);
 }
 
 static void on_iopub_msg(Channel *ch, HerdFrames *f)
@@ -781,12 +798,12 @@ static void on_iopub_msg(Channel *ch, HerdFrames *f)
     if (!accept_message(ctl, "iopub", f, (guint)MAX(f->delim, 0)))
         return;
     herd_hub_iopub(ctl, f);
-    send_frames(ctl->iopub_out, f, "iopub");
+    send_frames(ctl, ctl->iopub_out, f, "iopub");
 }
 
-static void on_iopub(void *sock, gpointer data)
+static gboolean on_iopub(void *sock, gpointer data)
 {
-    drain(sock, on_iopub_msg, data);
+    return drain(sock, on_iopub_msg, data);
 }
 
 /* ---------------------------------------------------------------- engines */

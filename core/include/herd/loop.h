@@ -1,8 +1,14 @@
-/* herd — a single-threaded event loop over zmq_poll: sockets, plain fds, one-shot timers.
+/* herd — a single-threaded event loop: ZeroMQ sockets, plain fds, one-shot timers.
  *
- * The controller, the native engine and the client all run on it. Socket callbacks are
- * level-triggered: a callback should read a bounded batch (ZMQ_DONTWAIT) and return; it is
- * called again while input remains.
+ * It waits in epoll on the sockets' ZMQ_FD and checks ZMQ_EVENTS only for sockets that
+ * may have input, so an iteration costs O(active sockets), not O(all sockets) as zmq_poll
+ * does. The price is ZeroMQ's edge rule: a socket's FD may not signal input that arrived
+ * before an operation on that socket. Hence:
+ *  - a socket callback reads a bounded batch with ZMQ_DONTWAIT and returns TRUE if it
+ *    stopped before EAGAIN (it is called again), FALSE once recv said EAGAIN;
+ *  - code that sends on a watched socket outside that socket's own callback calls
+ *    herd_loop_touch() so the socket is checked again before the loop sleeps.
+ * As a safety net every watched socket is re-checked whenever a timer fires.
  */
 #pragma once
 
@@ -11,7 +17,7 @@
 G_BEGIN_DECLS
 
 typedef struct HerdLoop HerdLoop;
-typedef void (*HerdSocketFn)(void *zsock, gpointer data);
+typedef gboolean (*HerdSocketFn)(void *zsock, gpointer data);
 typedef void (*HerdFdFn)(int fd, gpointer data);
 typedef void (*HerdTimerFn)(gpointer data);
 
@@ -19,6 +25,8 @@ HerdLoop *herd_loop_new(void);
 void herd_loop_free(HerdLoop *loop);
 void herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data);
 void herd_loop_remove_socket(HerdLoop *loop, void *zsock);
+/* zsock was used (e.g. sent on): check it for input before sleeping. Unwatched: no-op. */
+void herd_loop_touch(HerdLoop *loop, void *zsock);
 void herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data);
 /* One-shot timer; returns an id > 0. */
 guint herd_loop_timer_add(HerdLoop *loop, guint ms, HerdTimerFn fn, gpointer data);

@@ -159,6 +159,37 @@ double herd_json_double(JsonObject *o, const char *member, double dflt); /* ints
 JsonArray *herd_json_array(JsonObject *o, const char *member);   /* borrowed */
 JsonObject *herd_json_object(JsonObject *o, const char *member); /* borrowed */
 
+/* Fast read of a few top-level members of a JSON object, for the relay path: no tree and
+ * no allocation; nested values are skipped, not parsed. Returns FALSE when b is not a
+ * well-formed object at the top level (fall back to herd_json_parse_object for the error
+ * message). For a string, value/len span the characters between the quotes, undecoded;
+ * `escaped` says whether they contain a backslash escape (decode with herd_json_field_dup).
+ * For other kinds value/len span the raw JSON value. */
+typedef enum {
+    HERD_JSON_ABSENT = 0,
+    HERD_JSON_STRING,
+    HERD_JSON_TRUE,
+    HERD_JSON_FALSE,
+    HERD_JSON_NULL,
+    HERD_JSON_NUMBER,
+    HERD_JSON_OBJECT,
+    HERD_JSON_ARRAY,
+} HerdJsonKind;
+
+typedef struct HerdJsonField {
+    const char *name; /* in: the member to find */
+    HerdJsonKind kind; /* out */
+    const char *value; /* out */
+    gsize len;         /* out */
+    gboolean escaped;  /* out */
+} HerdJsonField;
+
+gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields);
+/* The string member decoded into a new string; NULL unless it is a string. */
+char *herd_json_field_dup(const HerdJsonField *f);
+/* The string member NUL-terminated in buf when it has no escapes and fits, else NULL. */
+const char *herd_json_field_str(const HerdJsonField *f, char *buf, gsize size);
+
 /* ISO-8601 UTC as the Python peers write it: YYYY-MM-DDTHH:MM:SS[.ffffff]Z (microseconds
  * omitted when zero). buf must hold HERD_ISO_LEN bytes. */
 #define HERD_ISO_LEN 32
