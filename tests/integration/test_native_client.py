@@ -2,6 +2,7 @@
 compiled against the built libherd and run against a controller with native shell
 engines."""
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,16 @@ def build_dir():
     return herdtest.herdd_path().parent.parent
 
 
+def sanitizer_flags():
+    """A libherd built with -Db_sanitize=... needs programs built the same way."""
+    try:
+        options = json.loads((build_dir() / "meson-info" / "intro-buildoptions.json").read_text())
+    except (OSError, ValueError):
+        return []
+    value = next((o["value"] for o in options if o["name"] == "b_sanitize"), "none")
+    return [] if value in ("none", "") else [f"-fsanitize={value}"]
+
+
 @pytest.fixture
 def example_program(tmp_path):
     if not shutil.which("cc") or not shutil.which("pkg-config"):
@@ -39,7 +50,7 @@ def example_program(tmp_path):
                            capture_output=True, text=True, check=True).stdout.split()
     exe = tmp_path / "hostname"
     subprocess.run(["cc", "-std=gnu11", "-Wall", "-Werror", str(source), f"-I{REPO / 'core' / 'include'}",
-                    *flags, f"-L{build_dir() / 'core'}", "-lherd", "-o", str(exe)],
+                    *sanitizer_flags(), *flags, f"-L{build_dir() / 'core'}", "-lherd", "-o", str(exe)],
                    check=True, timeout=120)
     return exe
 
