@@ -589,6 +589,48 @@ static void control_kernel_info(Engine *e, Request *r)
     send_reply(e, e->control, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
 }
 
+/* Signal number from an int or a name ("SIGINT" or "INT"); 0 when unknown. */
+static int signal_from_json(JsonNode *sig)
+{
+    static const struct {
+        const char *name;
+        int number;
+    } names[] = { { "INT", SIGINT },   { "TERM", SIGTERM }, { "KILL", SIGKILL }, { "HUP", SIGHUP },
+                  { "QUIT", SIGQUIT }, { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "STOP", SIGSTOP },
+                  { "CONT", SIGCONT } };
+    if (!sig || !JSON_NODE_HOLDS_VALUE(sig))
+        return 0;
+    if (json_node_get_value_type(sig) == G_TYPE_INT64) {
+        gint64 n = json_node_get_int(sig);
+        return n > 0 && n < NSIG ? (int)n : 0;
+    }
+    const char *name = json_node_get_string(sig);
+    if (!name)
+        return 0;
+    if (g_str_has_prefix(name, "SIG"))
+        name += 3;
+    for (guint i = 0; i < G_N_ELEMENTS(names); i++)
+        if (g_str_equal(name, names[i].name))
+            return names[i].number;
+    return 0;
+}
+
+/* signal_request / interrupt_request: a native engine hosts many engines, so the signal
+ * goes to the command the engine is running (its whole process group), not to the
+ * engine process. */
+static void control_signal(Engine *e, Request *r, int sig)
+{
+    g_autofree char *reply_type = reply_type_for(r->msg_type);
+    if (sig == 0) {
+        send_reply(e, e->control, r, reply_type, engine_only_metadata(e),
+                   engine_error(e, "ValueError", "unknown signal", "signal"), FALSE);
+        return;
+    }
+    if (e->job)
+        kill(-e->job->pid, sig);
+    send_reply(e, e->control, r, reply_type, engine_only_metadata(e), status_content("ok"), FALSE);
+}
+
 static void on_control_request(Engine *e, Request *r)
 {
     if (g_str_equal(r->msg_type, "abort_request"))
@@ -599,6 +641,10 @@ static void on_control_request(Engine *e, Request *r)
         control_shutdown(e, r);
     else if (g_str_equal(r->msg_type, "kernel_info_request"))
         control_kernel_info(e, r);
+    else if (g_str_equal(r->msg_type, "signal_request"))
+        control_signal(e, r, signal_from_json(json_object_get_member(request_content(r), "sig")));
+    else if (g_str_equal(r->msg_type, "interrupt_request"))
+        control_signal(e, r, SIGINT);
     else
         g_message("engine %d: ignoring control message %s", e->id, r->msg_type);
     request_free(r);

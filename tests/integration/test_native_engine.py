@@ -97,6 +97,20 @@ def test_requests_run_in_order_and_abort_skips_queued_ones(native_cluster):
     assert third.metadata["started"] >= first.metadata["completed"]
 
 
+def test_signal_reaches_the_running_command(native_cluster):
+    cluster, _ = native_cluster(1)
+    rc = cluster.client
+    started = time.monotonic()
+    ar = rc[0].execute("echo started; sleep 30", block=False)
+    wait_until(lambda: ar.stdout == "started\n", 10 * time_scale(), what="the command to start")
+    rc.send_signal("SIGINT", targets=0, block=True)
+    with pytest.raises(ipp.error.RemoteError) as info:
+        ar.get(timeout=10)
+    assert info.value.ename == "CalledProcessError"
+    assert "signal 2" in info.value.evalue
+    assert time.monotonic() - started < 25
+
+
 def test_broadcast_view_runs_on_every_engine(native_cluster):
     cluster, _ = native_cluster(3)
     bview = cluster.client.broadcast_view()
