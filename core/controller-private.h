@@ -91,6 +91,7 @@ struct Channel {
     gpointer sched;
     GHashTable *jobs;    /* msg_id (and broadcast sub ids) -> Job (sub ids -> Sub) */
     GHashTable *subs;    /* broadcast: sub id -> Sub */
+    gboolean ignores_metadata; /* the scheduler declared HERD_SCHED_IGNORES_METADATA */
     guint64 n_unassigned;
 };
 

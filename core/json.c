@@ -420,6 +420,14 @@ static const char *scan_value(const char *p, const char *end, HerdJsonKind *kind
 
 gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields)
 {
+    return herd_json_scan_count(b, fields, n_fields, NULL);
+}
+
+gboolean herd_json_scan_count(HerdBytes b, HerdJsonField *fields, guint n_fields, guint *n_members)
+{
+    guint count = 0;
+    if (n_members)
+        *n_members = 0;
     for (guint i = 0; i < n_fields; i++) {
         fields[i].kind = HERD_JSON_ABSENT;
         fields[i].value = NULL;
@@ -454,6 +462,7 @@ gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields)
         p = scan_value(p, end, &kind, &escaped);
         if (!p)
             return FALSE;
+        count++;
         for (guint i = 0; i < n_fields && !key_escaped; i++) {
             if (strlen(fields[i].name) == key_len && memcmp(fields[i].name, key, key_len) == 0) {
                 fields[i].kind = kind;
@@ -472,8 +481,11 @@ gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields)
             p = skip_ws(p + 1, end);
             continue;
         }
-        if (p < end && *p == '}')
+        if (p < end && *p == '}') {
+            if (n_members)
+                *n_members = count;
             return skip_ws(p + 1, end) == end;
+        }
         return FALSE;
     }
 }

@@ -629,10 +629,32 @@ static void relay_control_request(HerdController *ctl, Channel *ch, HerdFrames *
         herd_hub_drop(ctl, "control", "request for an engine that is not connected");
 }
 
-/* Metadata as a JSON object; the common empty "{}" skips the parser. */
-static JsonNode *parse_metadata(HerdBytes b, GError **err)
+/* TRUE for metadata that says nothing beyond the defaults: only ipyparallel's task keys
+ * (after, follow, timeout, targets, retries), each empty or zero, as clients send by default. */
+static gboolean metadata_is_default(HerdBytes b)
 {
-    if (b.len == 2 && b.data[0] == '{' && b.data[1] == '}')
+    HerdJsonField f[] = { { .name = "after" }, { .name = "follow" }, { .name = "timeout" },
+                          { .name = "targets" }, { .name = "retries" } };
+    guint n_members = 0, n_found = 0;
+    if (!herd_json_scan_count(b, f, G_N_ELEMENTS(f), &n_members))
+        return FALSE;
+    for (guint i = 0; i < G_N_ELEMENTS(f); i++) {
+        if (f[i].kind == HERD_JSON_ABSENT)
+            continue;
+        n_found++;
+        gboolean empty = (f[i].kind == HERD_JSON_ARRAY && f[i].len == 2) ||
+                         (f[i].kind == HERD_JSON_NUMBER && strspn(f[i].value, "0.") == f[i].len);
+        if (!empty)
+            return FALSE;
+    }
+    return n_found == n_members;
+}
+
+/* The request metadata the scheduler sees. An empty object stands for metadata that only
+ * repeats the defaults, and for every request of a scheduler that never reads it. */
+static JsonNode *parse_metadata(Channel *ch, HerdBytes b, GError **err)
+{
+    if (ch->kind != CH_BROADCAST && (ch->ignores_metadata || metadata_is_default(b)))
         return herd_json_parse_object(HERD_BYTES_NULL, err);
     return herd_json_parse_object(b, err);
 }
@@ -663,7 +685,7 @@ static void start_job(Channel *ch, HerdFrames *f)
         return;
     }
     g_autoptr(GError) err = NULL;
-    JsonNode *md = parse_metadata(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err);
+    JsonNode *md = parse_metadata(ch, herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), &err);
     if (!md) {
         herd_hub_drop(ctl, ch->name, "metadata is not a JSON object");
         return;
@@ -959,7 +981,10 @@ gboolean herd_router_load_schedulers(HerdController *ctl, GError **err)
             g_prefix_error(err, "%s channel: ", ch->name);
             return FALSE;
         }
-        ch->ops = herd_plugin_descriptor(ch->plugin)->ops;
+        const HerdPluginDescriptor *desc = herd_plugin_descriptor(ch->plugin);
+        ch->ops = desc->ops;
+        /* `flags` exists from ABI 1.1 on */
+        ch->ignores_metadata = desc->abi_minor >= 1 && (ch->ops->flags & HERD_SCHED_IGNORES_METADATA);
         g_autofree char *group = g_strdup_printf("scheduler.%s", ch->name);
         ch->sched = ch->ops->create(&ch->host, cfg->keyfile, group, err);
         if (!ch->sched) {

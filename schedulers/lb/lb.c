@@ -282,6 +282,7 @@ static const HerdSchedulerOps lb_ops = {
     .reply = lb_reply,
     .timer = lb_timer,
     .scheme = lb_scheme,
+    .flags = HERD_SCHED_IGNORES_METADATA,
 };
 
 static const HerdPluginDescriptor lb_descriptor = {

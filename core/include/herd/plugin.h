@@ -13,7 +13,7 @@
 G_BEGIN_DECLS
 
 #define HERD_PLUGIN_ABI_MAJOR 1
-#define HERD_PLUGIN_ABI_MINOR 0
+#define HERD_PLUGIN_ABI_MINOR 1
 #define HERD_PLUGIN_ENTRY "herd_plugin_entry"
 
 typedef enum {

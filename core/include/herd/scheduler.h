@@ -79,6 +79,10 @@ struct HerdSchedHost {
     const char *channel; /* "mux", "task", "broadcast" */
 };
 
+/* The scheduler never reads job->metadata: the core may pass an empty object and skip
+ * parsing the request's metadata (plain load balancing). */
+#define HERD_SCHED_IGNORES_METADATA (1u << 0)
+
 typedef struct HerdSchedulerOps {
     /* Create an instance for one channel. Options come from group [scheduler.<channel>] of
      * conf (except the key "plugin"); an unknown key or bad value is an error naming it. */
@@ -93,6 +97,8 @@ typedef struct HerdSchedulerOps {
     void (*timer)(gpointer self, gpointer data);
     /* Optional: the task scheme written to the client file ("leastload", ...); NULL = "leastload". */
     const char *(*scheme)(gpointer self);
+    /* HERD_SCHED_* flags (ABI 1.1). */
+    guint flags;
 } HerdSchedulerOps;
 
 G_END_DECLS

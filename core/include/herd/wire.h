@@ -185,6 +185,8 @@ typedef struct HerdJsonField {
 } HerdJsonField;
 
 gboolean herd_json_scan(HerdBytes b, HerdJsonField *fields, guint n_fields);
+/* Same, and counts the object's top-level members (found or not) into *n_members. */
+gboolean herd_json_scan_count(HerdBytes b, HerdJsonField *fields, guint n_fields, guint *n_members);
 /* The string member decoded into a new string; NULL unless it is a string. */
 char *herd_json_field_dup(const HerdJsonField *f);
 /* The string member NUL-terminated in buf when it has no escapes and fits, else NULL. */
