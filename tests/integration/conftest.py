@@ -91,9 +91,13 @@ def cluster_factory(tmp_path):
         pytest.fail("teardown: " + "\n".join(errors), pytrace=False)
 
 
-def module_cluster(tmp_path_factory, engines, transport="tcp"):
-    """Generator body for module-scoped cluster fixtures."""
-    cluster = Cluster(tmp_path_factory.mktemp(f"cluster-{transport}"), transport=transport)
+def module_cluster(tmp_path_factory, engines, transport="tcp", herd_conf=None, controller_args=()):
+    """Generator body for module-scoped cluster fixtures; herd_conf is the text
+    of the profile's herd.conf, if any."""
+    cluster = Cluster(tmp_path_factory.mktemp(f"cluster-{transport}"), transport=transport,
+                      controller_args=controller_args)
+    if herd_conf is not None:
+        cluster.write_herd_conf(herd_conf)
     try:
         cluster.start(engines=engines)
         yield cluster

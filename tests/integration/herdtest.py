@@ -392,6 +392,12 @@ class Cluster:
         # Lifecycle tests that stop the controller themselves set these.
         self.expect_files_removed = True
 
+    def write_herd_conf(self, text):
+        """Write the profile's herd.conf (herdd reads it at start; the Python
+        controller ignores it)."""
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        (self.profile_dir / "herd.conf").write_text(text)
+
     def start(self, engines=0, client=True):
         self.controller.start()
         if engines:
