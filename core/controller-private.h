@@ -60,6 +60,7 @@ typedef struct Sub {
     int engine_id;
     char *header;        /* the rewritten header (for synthesized replies) */
     HerdFrames reply;    /* coalescing: the reply kept until all arrive */
+    gboolean failed;     /* coalescing: that reply's status is not "ok" */
     gboolean done;
 } Sub;
 
@@ -131,6 +132,7 @@ struct HerdController {
     guint64 job_seq;
     gint64 started_us;
     char *engine_state_file;
+    gboolean engine_state_stale; /* membership changed since the file was written */
     GHashTable *sched_timers;    /* timer id -> SchedTimer (router.c) */
     GHashTable *unassigned;      /* task msg_id -> seq: received, not on an engine */
     gpointer records;            /* task-record store (records.c), NULL with db=none */
@@ -154,6 +156,8 @@ void herd_router_submit_internal(HerdController *ctl, HerdFrames *msg_from_delim
 void herd_hub_init(HerdController *ctl);
 void herd_hub_start(HerdController *ctl);
 void herd_hub_free(HerdController *ctl);
+/* Write what is pending (the engine state file) before exit. */
+void herd_hub_flush(HerdController *ctl);
 gboolean herd_hub_on_registration(void *sock, gpointer data);
 gboolean herd_hub_on_pong(void *sock, gpointer data);
 void herd_hub_iopub(HerdController *ctl, const HerdFrames *msg);

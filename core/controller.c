@@ -160,6 +160,7 @@ void herd_controller_free(HerdController *ctl)
 {
     if (!ctl)
         return;
+    herd_hub_flush(ctl);
     if (ctl->files_written && !ctl->cfg->reuse) {
         g_unlink(ctl->client_file);
         g_unlink(ctl->engine_file);

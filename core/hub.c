@@ -77,9 +77,17 @@ static void notify_engine(HerdController *ctl, const char *msg_type, Engine *e)
     json_node_unref(n);
 }
 
-/* <profile>/log/engines<cluster_id>.json, as ipyparallel writes it for --restore. */
+/* <profile>/log/engines<cluster_id>.json, as ipyparallel writes it for --restore.
+ * Membership changes only mark it stale; it is rewritten at the next heartbeat, so 1000
+ * engines registering cost one write per beat, not 1000 growing ones. */
+static void mark_engine_state_stale(HerdController *ctl)
+{
+    ctl->engine_state_stale = TRUE;
+}
+
 static void write_engine_state(HerdController *ctl)
 {
+    ctl->engine_state_stale = FALSE;
     if (!ctl->engine_state_file)
         return;
     JsonObject *o, *engines = json_object_new();
@@ -98,7 +106,9 @@ static void write_engine_state(HerdController *ctl)
     g_autofree char *text = herd_json_to_string(n, &len);
     json_node_unref(n);
     g_autoptr(GError) err = NULL;
-    if (!g_file_set_contents(ctl->engine_state_file, text, (gssize)len, &err))
+    /* atomic (rename), not durable: a crash loses at most one beat of membership */
+    if (!g_file_set_contents_full(ctl->engine_state_file, text, (gssize)len, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
+                                  &err))
         g_warning("cannot write the engine state file: %s", err->message);
 }
 
@@ -165,7 +175,7 @@ static void complete_registration(HerdController *ctl, Engine *e)
     g_message("engine %d registered (%s)", e->pub.id, e->uuid);
     notify_engine(ctl, "registration_notification", e);
     herd_router_engine_up(ctl, e);
-    write_engine_state(ctl);
+    mark_engine_state_stale(ctl);
 }
 
 static void forget_jobs_on(HerdController *ctl, Engine *e)
@@ -197,7 +207,7 @@ static void unregister_engine(HerdController *ctl, Engine *e, const char *why)
     /* schedulers finish or re-route what was on it (the MUX scheduler records EngineError) */
     herd_router_engine_down(ctl, e);
     forget_jobs_on(ctl, e);
-    write_engine_state(ctl);
+    mark_engine_state_stale(ctl);
     engine_free(e);
 }
 
@@ -251,6 +261,8 @@ static void beat(gpointer data)
     }
     g_ptr_array_free(stopped, TRUE);
     g_hash_table_remove_all(ctl->responded);
+    if (ctl->engine_state_stale)
+        write_engine_state(ctl);
 
     /* next ping: any token unique per beat; a late echo of the previous one still counts */
     memcpy(ctl->prev_token, ctl->ping_token, sizeof ctl->ping_token);
@@ -748,6 +760,12 @@ void herd_hub_start(HerdController *ctl)
 {
     zmq_send(ctl->hb_ping, ctl->ping_token, strlen(ctl->ping_token), ZMQ_DONTWAIT);
     schedule_beat(ctl);
+}
+
+void herd_hub_flush(HerdController *ctl)
+{
+    if (ctl->engine_state_stale)
+        write_engine_state(ctl);
 }
 
 void herd_hub_free(HerdController *ctl)
