@@ -351,8 +351,14 @@ static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clien
     Load base = { .channel = channel_of(channel), .n_engines = cfg->engines, .engine_ids = engine_ids,
                   .payload = payload, .window = cfg->window };
 
+    /* A task is one engine execution on every channel: a broadcast request makes one per
+     * engine, so broadcast sends tasks / engines requests (at least one). */
+    guint64 requests = (guint64)cfg->tasks;
+    if (base.channel == HERD_CHANNEL_BROADCAST)
+        requests = MAX(1, (requests + (guint64)cfg->engines - 1) / (guint64)cfg->engines);
+
     Load warm = base;
-    warm.requests = (guint64)MIN(cfg->tasks, 200);
+    warm.requests = MIN(requests, 200);
     warm.deadline_us = g_get_monotonic_time() + (gint64)(cfg->phase_seconds * G_USEC_PER_SEC);
     run_pipelined(clients[0], &warm);
     g_free(warm.error);
@@ -363,7 +369,8 @@ static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clien
     for (int i = 0; i < cfg->clients; i++) {
         threads[i].client = clients[i];
         threads[i].load = base;
-        threads[i].load.requests = (guint64)(cfg->tasks / cfg->clients + (i < cfg->tasks % cfg->clients ? 1 : 0));
+        guint64 share = requests / (guint64)cfg->clients + ((guint64)i < requests % (guint64)cfg->clients ? 1 : 0);
+        threads[i].load.requests = share;
         threads[i].load.deadline_us = start + (gint64)(cfg->phase_seconds * G_USEC_PER_SEC);
         threads[i].thread = g_thread_new("bench-client", client_thread_main, &threads[i]);
     }

@@ -25,6 +25,7 @@
 #include <herd/connfile.h>
 #include <herd/wire.h>
 
+#include "evloop.h"
 #include "herd-tool.h"
 
 typedef enum { EXECUTOR_ECHO, EXECUTOR_SHELL } ExecutorKind;
@@ -49,12 +50,21 @@ typedef struct ShellJob {
     Request *request;
     GPid pid;
     int fds[2];          /* stdout, stderr; -1 after end of file */
+    EvWatch *watches[2];
     GString *partial[2]; /* trailing bytes of an incomplete UTF-8 sequence */
     gint64 started_us;
     int exit_status;     /* from waitpid, valid once reaped */
 } ShellJob;
 
-typedef struct Engine {
+typedef struct Engine Engine;
+
+/* What a pipe callback needs: the engine and which of its command's streams. */
+typedef struct PipeSource {
+    Engine *engine;
+    int stream; /* 0 stdout, 1 stderr */
+} PipeSource;
+
+struct Engine {
     EngineHost *host;
     HerdSession *session;
     const char *uuid; /* = session id */
@@ -63,11 +73,13 @@ typedef struct Engine {
     EngineState state;
     gint64 registration_deadline_us;
     void *registration, *shell, *control, *heart;
+    EvWatch *w_registration, *w_shell, *w_control;
+    PipeSource pipes[2];
     GQueue waiting; /* Request*: shell requests queued behind a running job */
     ShellJob *job;
     GHashTable *aborted; /* msg ids to answer with status "aborted" */
     int execution_count;
-} Engine;
+};
 
 struct EngineHost {
     HerdConnInfo ci;
@@ -76,8 +88,12 @@ struct EngineHost {
     void *iopub;   /* shared PUB */
     void *hb_sub;  /* shared SUB on hb_ping */
     GPtrArray *engines;
+    EvLoop *loop;
+    EvWatch *w_ping;
+    GQueue unregistered;   /* Engine*: not asked to register yet */
+    GPtrArray *registering; /* Engine*: registration request sent, no reply yet */
+    GPtrArray *reaping;     /* Engine*: command closed its pipes, waiting for its exit */
     guint n_stopped;
-    guint n_registering;
     int registration_timeout_ms;
     int hb_max_misses;
     int hb_period_ms;      /* from the registration reply */
@@ -330,16 +346,32 @@ static void echo_request(Engine *e, Request *r)
     request_free(r);
 }
 
-static void shell_job_free(ShellJob *job)
+static void shell_close_pipe(Engine *e, int i)
 {
+    ShellJob *job = e->job;
+    if (job->fds[i] < 0)
+        return;
+    evloop_unwatch(e->host->loop, job->watches[i]);
+    job->watches[i] = NULL;
+    close(job->fds[i]);
+    job->fds[i] = -1;
+}
+
+/* Take the engine's job away and free it. */
+static void shell_job_free(Engine *e)
+{
+    ShellJob *job = e->job;
     for (int i = 0; i < 2; i++) {
-        if (job->fds[i] >= 0)
-            close(job->fds[i]);
+        shell_close_pipe(e, i);
         g_string_free(job->partial[i], TRUE);
     }
+    g_ptr_array_remove(e->host->reaping, e);
     request_free(job->request);
     g_free(job);
+    e->job = NULL;
 }
+
+static void on_pipe_ready(gpointer data);
 
 /* Run in the child between fork and exec: own process group, so a shutdown can stop the
  * whole pipeline the command started. */
@@ -364,6 +396,7 @@ static gboolean shell_start(Engine *e, Request *r, GError **err)
     for (int i = 0; i < 2; i++) {
         g_unix_set_fd_nonblocking(job->fds[i], TRUE, NULL);
         job->partial[i] = g_string_new(NULL);
+        job->watches[i] = evloop_watch_fd(e->host->loop, job->fds[i], on_pipe_ready, &e->pipes[i]);
     }
     job->request = r;
     job->exit_status = -1;
@@ -438,14 +471,14 @@ static void shell_read(Engine *e, int i)
         return;
     }
     shell_publish_output(e, job, i, "", 0, TRUE);
-    close(job->fds[i]);
-    job->fds[i] = -1;
+    shell_close_pipe(e, i);
+    if (job->fds[0] < 0 && job->fds[1] < 0)
+        g_ptr_array_add(e->host->reaping, e); /* both closed: the process is about to exit */
 }
 
 static void shell_finish(Engine *e)
 {
     ShellJob *job = e->job;
-    e->job = NULL;
     Request *r = job->request;
     JsonNode *content;
     if (WIFEXITED(job->exit_status) && WEXITSTATUS(job->exit_status) == 0) {
@@ -461,7 +494,7 @@ static void shell_finish(Engine *e)
         publish(e, "error", "error", r, json_node_copy(content));
     }
     finish_request(e, r, job->started_us, content, FALSE, TRUE);
-    shell_job_free(job);
+    shell_job_free(e);
     engine_run_next(e);
 }
 
@@ -486,8 +519,7 @@ static void shell_kill(Engine *e)
         return;
     kill(-e->job->pid, SIGKILL);
     waitpid(e->job->pid, NULL, 0);
-    shell_job_free(e->job);
-    e->job = NULL;
+    shell_job_free(e);
 }
 
 /* ---- dispatch ---- */
@@ -692,22 +724,32 @@ static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *c
     json_node_unref(content);
 }
 
-static void *engine_socket(Engine *e, int type, const char *routing_id);
-static void connect_port(EngineHost *h, void *s, int port);
+/* After any send on an engine's sockets: libzmq may have consumed the readiness signal
+ * of a message that arrived meanwhile, so look at every socket we read again. */
+static void engine_recheck(Engine *e)
+{
+    EvLoop *loop = e->host->loop;
+    evloop_recheck(loop, e->w_registration);
+    evloop_recheck(loop, e->w_shell);
+    evloop_recheck(loop, e->w_control);
+}
+
+static void on_registration_ready(gpointer data);
 
 static void engine_send_registration(Engine *e)
 {
     EngineHost *h = e->host;
     e->registration = engine_socket(e, ZMQ_DEALER, e->uuid);
     connect_port(h, e->registration, h->ci.ports.registration);
+    e->w_registration = evloop_watch_socket(h->loop, e->registration, on_registration_ready, e);
     e->state = ENGINE_REGISTERING;
-    h->n_registering++;
+    g_ptr_array_add(h->registering, e);
     JsonObject *c = json_object_new();
     json_object_set_string_member(c, "uuid", e->uuid);
     if (e->requested_id >= 0)
         json_object_set_int_member(c, "id", e->requested_id);
     send_simple(e, e->registration, "registration_request", object_node(c));
-    e->registration_deadline_us = g_get_monotonic_time() + (gint64)e->host->registration_timeout_ms * 1000;
+    e->registration_deadline_us = g_get_monotonic_time() + (gint64)h->registration_timeout_ms * 1000;
 }
 
 static void engine_send_unregistration(Engine *e)
@@ -734,9 +776,23 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
     e->requested_id = requested_id;
     e->aborted = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     g_queue_init(&e->waiting);
+    for (int i = 0; i < 2; i++)
+        e->pipes[i] = (PipeSource){ e, i };
     e->state = ENGINE_NEW;
     return e;
 }
+
+/* Leaving the registering state: no more replies are expected on that socket. */
+static void engine_registration_done(Engine *e)
+{
+    g_ptr_array_remove(e->host->registering, e);
+    evloop_unwatch(e->host->loop, e->w_registration);
+    e->w_registration = NULL;
+}
+
+static void on_shell_ready(gpointer data);
+static void on_control_ready(gpointer data);
+static void on_ping_ready(gpointer data);
 
 /* Registration accepted: connect the work channels, then the heart (the controller
  * announces the engine at its first heartbeat echo, so everything else must already be
@@ -745,20 +801,23 @@ static void engine_start(Engine *e, int id)
 {
     EngineHost *h = e->host;
     e->id = id;
-    h->n_registering--;
+    engine_registration_done(e);
     e->shell = engine_socket(e, ZMQ_ROUTER, e->uuid);
     connect_port(h, e->shell, h->ci.ports.mux);
     connect_port(h, e->shell, h->ci.ports.task);
     if (h->ci.ports.n_broadcast_engine > 0)
         connect_port(h, e->shell, h->ci.ports.broadcast_engine[id % h->ci.ports.n_broadcast_engine]);
+    e->w_shell = evloop_watch_socket(h->loop, e->shell, on_shell_ready, e);
     e->control = engine_socket(e, ZMQ_ROUTER, e->uuid);
     connect_port(h, e->control, h->ci.ports.control);
+    e->w_control = evloop_watch_socket(h->loop, e->control, on_control_ready, e);
     if (!h->iopub) {
         h->iopub = engine_socket(e, ZMQ_PUB, NULL);
         connect_port(h, h->iopub, h->ci.ports.iopub);
         h->hb_sub = engine_socket(e, ZMQ_SUB, NULL);
         zmq_setsockopt(h->hb_sub, ZMQ_SUBSCRIBE, "", 0);
         connect_port(h, h->hb_sub, h->ci.ports.hb_ping);
+        h->w_ping = evloop_watch_socket(h->loop, h->hb_sub, on_ping_ready, h);
         h->last_ping_us = g_get_monotonic_time();
     }
     e->heart = engine_socket(e, ZMQ_DEALER, e->uuid);
@@ -769,29 +828,32 @@ static void engine_start(Engine *e, int id)
 
 static void engine_stop(Engine *e)
 {
+    EngineHost *h = e->host;
     if (e->state == ENGINE_STOPPED)
         return;
+    if (e->state == ENGINE_NEW)
+        g_queue_remove(&h->unregistered, e);
     if (e->state == ENGINE_REGISTERING)
-        e->host->n_registering--;
+        engine_registration_done(e);
+    evloop_unwatch(h->loop, e->w_shell);
+    evloop_unwatch(h->loop, e->w_control);
+    e->w_shell = e->w_control = NULL;
     shell_kill(e);
     Request *r;
     while ((r = g_queue_pop_head(&e->waiting)))
         request_free(r);
     e->state = ENGINE_STOPPED;
-    e->host->n_stopped++;
+    h->n_stopped++;
     g_message("engine %d stopped", e->id);
 }
 
 static void engine_free(Engine *e)
 {
+    engine_stop(e);
     void **socks[] = { &e->registration, &e->shell, &e->control, &e->heart };
     for (guint i = 0; i < G_N_ELEMENTS(socks); i++)
         if (*socks[i])
             zmq_close(*socks[i]);
-    shell_kill(e);
-    Request *r;
-    while ((r = g_queue_pop_head(&e->waiting)))
-        request_free(r);
     g_hash_table_destroy(e->aborted);
     herd_session_free(e->session);
     g_free(e);
@@ -818,9 +880,54 @@ static void on_registration_reply(Engine *e)
     request_free(r);
 }
 
-/* Every ping is echoed by every running engine's heart DEALER. */
-static void on_ping(EngineHost *h)
+/* ---- readiness callbacks ---- */
+
+static void on_registration_ready(gpointer data)
 {
+    Engine *e = data;
+    on_registration_reply(e);
+    engine_recheck(e);
+}
+
+/* A bounded batch per callback, so one busy engine cannot starve the others. */
+#define BATCH 64
+
+static void on_shell_ready(gpointer data)
+{
+    Engine *e = data;
+    for (int n = 0; n < BATCH && e->state == ENGINE_RUNNING; n++) {
+        Request *r = request_recv(e, e->shell);
+        if (!r)
+            break;
+        on_shell_request(e, r);
+    }
+    engine_recheck(e);
+}
+
+static void on_control_ready(gpointer data)
+{
+    Engine *e = data;
+    for (int n = 0; n < BATCH && e->state == ENGINE_RUNNING; n++) {
+        Request *r = request_recv(e, e->control);
+        if (!r)
+            break;
+        on_control_request(e, r);
+    }
+    engine_recheck(e);
+}
+
+static void on_pipe_ready(gpointer data)
+{
+    PipeSource *p = data;
+    if (p->engine->job)
+        shell_read(p->engine, p->stream);
+    engine_recheck(p->engine);
+}
+
+/* Every ping is echoed by every running engine's heart DEALER. */
+static void on_ping_ready(gpointer data)
+{
+    EngineHost *h = data;
     zmq_msg_t ping;
     zmq_msg_init(&ping);
     while (zmq_msg_recv(&ping, h->hb_sub, ZMQ_DONTWAIT) >= 0) {
@@ -836,106 +943,37 @@ static void on_ping(EngineHost *h)
 
 /* ---- the loop ---- */
 
-typedef enum { SRC_PING, SRC_REGISTRATION, SRC_SHELL, SRC_CONTROL, SRC_STDOUT, SRC_STDERR } SourceKind;
-
-typedef struct PollSet {
-    GArray *items;   /* zmq_pollitem_t */
-    GArray *sources; /* Source, parallel to items */
-} PollSet;
-
-typedef struct Source {
-    Engine *engine;
-    SourceKind kind;
-} Source;
-
-static void pollset_add(PollSet *p, void *sock, int fd, Engine *e, SourceKind kind)
-{
-    zmq_pollitem_t item = { .socket = sock, .fd = fd, .events = ZMQ_POLLIN };
-    Source src = { e, kind };
-    g_array_append_val(p->items, item);
-    g_array_append_val(p->sources, src);
-}
-
-static void pollset_build(EngineHost *h, PollSet *p)
-{
-    g_array_set_size(p->items, 0);
-    g_array_set_size(p->sources, 0);
-    if (h->hb_sub)
-        pollset_add(p, h->hb_sub, 0, NULL, SRC_PING);
-    for (guint i = 0; i < h->engines->len; i++) {
-        Engine *e = h->engines->pdata[i];
-        if (e->state == ENGINE_STOPPED || e->state == ENGINE_NEW)
-            continue;
-        pollset_add(p, e->registration, 0, e, SRC_REGISTRATION);
-        if (e->state != ENGINE_RUNNING)
-            continue;
-        pollset_add(p, e->shell, 0, e, SRC_SHELL);
-        pollset_add(p, e->control, 0, e, SRC_CONTROL);
-        if (e->job && e->job->fds[0] >= 0)
-            pollset_add(p, NULL, e->job->fds[0], e, SRC_STDOUT);
-        if (e->job && e->job->fds[1] >= 0)
-            pollset_add(p, NULL, e->job->fds[1], e, SRC_STDERR);
-    }
-}
-
-/* Handle up to a batch of messages from one source, so one busy engine cannot starve
- * the others. */
-static void handle_source(EngineHost *h, Source *src)
-{
-    Engine *e = src->engine;
-    switch (src->kind) {
-    case SRC_PING:
-        on_ping(h);
-        return;
-    case SRC_REGISTRATION:
-        on_registration_reply(e);
-        return;
-    case SRC_STDOUT:
-    case SRC_STDERR:
-        if (e->job)
-            shell_read(e, src->kind == SRC_STDOUT ? 0 : 1);
-        return;
-    case SRC_SHELL:
-    case SRC_CONTROL:
-        for (int n = 0; n < 64 && e->state == ENGINE_RUNNING; n++) {
-            Request *r = request_recv(e, src->kind == SRC_SHELL ? e->shell : e->control);
-            if (!r)
-                return;
-            if (src->kind == SRC_SHELL)
-                on_shell_request(e, r);
-            else
-                on_control_request(e, r);
-        }
-        return;
-    }
-}
-
-/* Timers: registration deadlines and the controller's heartbeat. Returns the poll
- * timeout in ms until the next check. */
+/* Timers: registrations to start, registration deadlines, commands to reap, the
+ * controller's heartbeat. Returns the time in ms until the next check is due. */
 static long check_timers(EngineHost *h)
 {
     gint64 now = g_get_monotonic_time();
     long timeout = 1000;
-    for (guint i = 0; i < h->engines->len; i++) {
-        Engine *e = h->engines->pdata[i];
-        if (e->state == ENGINE_NEW && h->n_registering < REGISTRATION_WINDOW)
-            engine_send_registration(e);
-        if (e->state == ENGINE_REGISTERING) {
-            if (now >= e->registration_deadline_us) {
-                g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
-                engine_send_unregistration(e);
-                h->exit_status = 255;
-                engine_stop(e);
-            } else {
-                timeout = MIN(timeout, (long)((e->registration_deadline_us - now) / 1000) + 1);
-            }
-        }
-        if (e->job) {
-            shell_check_exit(e);
-            if (e->job && e->job->fds[0] < 0 && e->job->fds[1] < 0)
-                timeout = MIN(timeout, 5); /* pipes closed: the process is about to exit */
+    while (!g_queue_is_empty(&h->unregistered) && h->registering->len < REGISTRATION_WINDOW) {
+        Engine *e = g_queue_pop_head(&h->unregistered);
+        engine_send_registration(e);
+        engine_recheck(e);
+    }
+    for (guint i = h->registering->len; i-- > 0;) {
+        Engine *e = h->registering->pdata[i];
+        if (now >= e->registration_deadline_us) {
+            g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
+            engine_send_unregistration(e);
+            h->exit_status = 255;
+            engine_stop(e);
+        } else {
+            timeout = MIN(timeout, (long)((e->registration_deadline_us - now) / 1000) + 1);
         }
     }
+    for (guint i = h->reaping->len; i-- > 0;) {
+        if (i >= h->reaping->len)
+            continue; /* finishing a command may reap others through engine_run_next */
+        Engine *e = h->reaping->pdata[i];
+        shell_check_exit(e);
+        engine_recheck(e);
+    }
+    if (h->reaping->len > 0)
+        timeout = MIN(timeout, 5);
     if (h->hb_sub && h->hb_max_misses > 0) {
         gint64 limit = (gint64)h->hb_max_misses * (h->hb_period_ms + 500) * 1000;
         if (now - h->last_ping_us > limit) {
@@ -953,26 +991,14 @@ static long check_timers(EngineHost *h)
 
 static void host_run(EngineHost *h)
 {
-    PollSet p = { g_array_new(FALSE, FALSE, sizeof(zmq_pollitem_t)), g_array_new(FALSE, FALSE, sizeof(Source)) };
     while (!stop_requested && h->n_stopped < h->engines->len) {
         long timeout = check_timers(h);
-        pollset_build(h, &p);
-        int rc = zmq_poll((zmq_pollitem_t *)p.items->data, (int)p.items->len, timeout);
-        if (rc < 0) {
-            if (errno == EINTR)
-                continue;
-            g_critical("zmq_poll: %s", zmq_strerror(errno));
+        if (!evloop_iterate(h->loop, timeout)) {
+            g_critical("epoll_wait: %s", g_strerror(errno));
             h->exit_status = 1;
             break;
         }
-        for (guint i = 0; i < p.items->len && rc > 0; i++) {
-            zmq_pollitem_t *item = &g_array_index(p.items, zmq_pollitem_t, i);
-            if (item->revents & (ZMQ_POLLIN | ZMQ_POLLERR))
-                handle_source(h, &g_array_index(p.sources, Source, i));
-        }
     }
-    g_array_free(p.items, TRUE);
-    g_array_free(p.sources, TRUE);
 }
 
 /* Leaving on a signal: tell the controller, like ipengine's nanny does when the engine
@@ -1083,6 +1109,10 @@ int herd_cmd_engine(int argc, char **argv)
     h.zctx = zmq_ctx_new();
     zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);
     h.engines = g_ptr_array_new();
+    h.loop = evloop_new();
+    g_queue_init(&h.unregistered);
+    h.registering = g_ptr_array_new();
+    h.reaping = g_ptr_array_new();
     struct sigaction sa = { .sa_handler = on_stop_signal };
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -1095,6 +1125,7 @@ int herd_cmd_engine(int argc, char **argv)
             return 1;
         }
         g_ptr_array_add(h.engines, e);
+        g_queue_push_tail(&h.unregistered, e);
     }
     host_run(&h);
     host_unregister_all(&h);
@@ -1102,6 +1133,11 @@ int herd_cmd_engine(int argc, char **argv)
     for (guint i = 0; i < h.engines->len; i++)
         engine_free(h.engines->pdata[i]);
     g_ptr_array_free(h.engines, TRUE);
+    evloop_unwatch(h.loop, h.w_ping);
+    evloop_free(h.loop);
+    g_queue_clear(&h.unregistered);
+    g_ptr_array_free(h.registering, TRUE);
+    g_ptr_array_free(h.reaping, TRUE);
     if (h.iopub)
         zmq_close(h.iopub);
     if (h.hb_sub)
