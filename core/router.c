@@ -365,11 +365,25 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
     }
 }
 
-/* Coalescing broadcast: one message from the last reply, every engine's buffers in target order. */
-static void send_coalesced(Channel *ch, Job *job, Reply *last)
+/* The reply whose header and content the merged coalescing reply carries: the first
+ * failed one in target order, else the last to arrive. (7.1 always takes the last, so an
+ * engine's error vanished whenever another engine answered after it, and the client got
+ * fewer results than targets without any error.) */
+static HerdFrames *coalesced_base(Job *job, Reply *last)
+{
+    for (guint i = 0; i < job->subs->len; i++) {
+        Sub *s = job->subs->pdata[i];
+        if (s->failed && s->reply.n)
+            return &s->reply;
+    }
+    return &last->frames;
+}
+
+/* Coalescing broadcast: one message shaped by coalesced_base(), every engine's buffers in
+ * target order. */
+static void send_coalesced(Channel *ch, Job *job, HerdFrames *lf)
 {
     HerdController *ctl = ch->ctl;
-    HerdFrames *lf = &last->frames;
     g_autoptr(GError) err = NULL;
     JsonNode *md = herd_json_parse_object(herd_frame_bytes(lf, herd_wire(lf, HERD_WIRE_METADATA)), &err);
     if (!md)
@@ -420,10 +434,11 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
     job->n_delivered++;
     gboolean last = job->n_delivered == job->subs->len;
     if (job->coalescing) {
-        /* keep the frames; the last one to arrive shapes the merged reply */
+        /* keep the frames until every engine answered (see coalesced_base) */
         herd_frames_copy(&sub->reply, &r->frames);
+        sub->failed = g_strcmp0(r->pub.status, "ok") != 0;
         if (last)
-            send_coalesced(ch, job, r);
+            send_coalesced(ch, job, coalesced_base(job, r));
     } else {
         HerdFrames *f = &r->frames;
         herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
