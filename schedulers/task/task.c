@@ -58,8 +58,8 @@ typedef struct TaskJob {
     guint retries;    /* re-runs left */
     guint timeout_ms; /* queue wait limit; 0 = none */
     guint timer;
-    guint64 queue_seq; /* position in the wait queue while waiting */
-    GSequenceIter *queue_pos;
+    guint64 queue_seq;        /* FIFO position while waiting */
+    GSequenceIter *queue_pos; /* in ts->queue once `after` is met; NULL while blocked on it */
     TaskEngine *engine; /* while running */
 } TaskJob;
 
@@ -93,7 +93,7 @@ typedef struct TaskSched {
     guint n_finished;
 
     GHashTable *live;     /* msg_id -> TaskJob, every unfinished job */
-    GSequence *queue;     /* waiting TaskJob*, by queue_seq */
+    GSequence *queue;     /* waiting TaskJob* whose `after` is met, by queue_seq (FIFO) */
     GHashTable *graph;    /* msg_id -> set of waiting TaskJob* that depend on it */
     GQueue updates;       /* pending graph updates: char* msg_id, or NULL for a full scan */
     gboolean updating;
@@ -412,12 +412,16 @@ static void graph_unindex(TaskSched *ts, TaskJob *tj, const Dep *d)
     }
 }
 
+/* A waiting job either sits in the FIFO queue (its `after` is met: it waits for an engine
+ * that has room and suits its targets and `follow`), or is blocked on `after` and reachable
+ * only through the graph index, until a task it waits for finishes. Blocked jobs never cost
+ * anything when capacity appears. */
 static void enqueue(TaskSched *ts, TaskJob *tj)
 {
     g_assert(tj->state == JOB_IDLE);
     tj->state = JOB_WAITING;
     tj->queue_seq = ts->next_queue_seq++;
-    tj->queue_pos = g_sequence_append(ts->queue, tj);
+    tj->queue_pos = dep_met(ts, &tj->after, 0) ? g_sequence_append(ts->queue, tj) : NULL;
     graph_index(ts, tj, &tj->after);
     graph_index(ts, tj, &tj->follow);
     if (tj->timeout_ms) /* the wait limit restarts with every wait */
@@ -427,7 +431,8 @@ static void enqueue(TaskSched *ts, TaskJob *tj)
 static void dequeue(TaskSched *ts, TaskJob *tj)
 {
     g_assert(tj->state == JOB_WAITING);
-    g_sequence_remove(tj->queue_pos);
+    if (tj->queue_pos)
+        g_sequence_remove(tj->queue_pos);
     tj->queue_pos = NULL;
     graph_unindex(ts, tj, &tj->after);
     graph_unindex(ts, tj, &tj->follow);
@@ -582,8 +587,10 @@ static void run_or_enqueue(TaskSched *ts, TaskJob *tj)
 
 /* ---- graph updates ---------------------------------------------------------------------- */
 
-/* Examine one waiting job; returns TRUE when the scan should stop (engines full). */
-static gboolean consider_job(TaskSched *ts, TaskJob *tj)
+/* Examine one waiting job: fail it if it became impossible, else start it (when may_run)
+ * once its `after` is met, else move it from blocked to the FIFO queue at its original
+ * place. Returns TRUE when it started and no engine has room left. */
+static gboolean consider_job(TaskSched *ts, TaskJob *tj, gboolean may_run)
 {
     if (tj->state != JOB_WAITING)
         return FALSE;
@@ -591,8 +598,12 @@ static gboolean consider_job(TaskSched *ts, TaskJob *tj)
         fail_job(ts, tj, "ImpossibleDependency");
         return FALSE;
     }
-    if (dep_met(ts, &tj->after, 0) && maybe_run(ts, tj))
+    if (!dep_met(ts, &tj->after, 0))
+        return FALSE;
+    if (may_run && maybe_run(ts, tj))
         return ts->n_free == 0;
+    if (tj->state == JOB_WAITING && !tj->queue_pos)
+        tj->queue_pos = g_sequence_insert_sorted(ts->queue, tj, queue_seq_cmp, NULL);
     return FALSE;
 }
 
@@ -608,8 +619,8 @@ static GSequenceIter *queue_next_after(TaskSched *ts, guint64 after_seq)
     return it;
 }
 
-/* The whole wait queue in FIFO order. Jobs that neither run nor fail keep their places;
- * jobs queued during the scan are left for the next one. */
+/* The whole FIFO queue, in order. Jobs that neither run nor fail keep their places; jobs
+ * queued during the scan are left for the next one. */
 static void scan_queue(TaskSched *ts)
 {
     guint64 end = ts->next_queue_seq;
@@ -621,8 +632,8 @@ static void scan_queue(TaskSched *ts)
             task_job_unref(tj);
             break;
         }
-        gboolean stop = consider_job(ts, tj);
-        if (tj->state == JOB_WAITING && tj->queue_seq == pos)
+        gboolean stop = consider_job(ts, tj, TRUE);
+        if (tj->state == JOB_WAITING && tj->queue_pos && tj->queue_seq == pos)
             it = g_sequence_iter_next(tj->queue_pos);
         else
             it = queue_next_after(ts, pos);
@@ -632,8 +643,8 @@ static void scan_queue(TaskSched *ts)
     }
 }
 
-/* Only the jobs waiting on one id, oldest submission first. */
-static void scan_dependents(TaskSched *ts, GHashTable *waiters)
+/* The jobs that waited on a finished id, oldest submission first (referenced). */
+static GPtrArray *sorted_waiters(GHashTable *waiters)
 {
     GPtrArray *jobs = g_ptr_array_new_full(g_hash_table_size(waiters),
                                            (GDestroyNotify)task_job_unref);
@@ -643,13 +654,12 @@ static void scan_dependents(TaskSched *ts, GHashTable *waiters)
     while (g_hash_table_iter_next(&it, &tj, NULL))
         g_ptr_array_add(jobs, task_job_ref(tj));
     g_ptr_array_sort(jobs, job_seq_cmp);
-    for (guint i = 0; i < jobs->len; i++)
-        if (consider_job(ts, jobs->pdata[i]))
-            break;
-    g_ptr_array_unref(jobs);
+    return jobs;
 }
 
-/* msg_id finished (NULL: engines or capacity changed): start or fail what waited on it. */
+/* msg_id finished (NULL: engines or capacity changed): start or fail what waited on it.
+ * When capacity appeared the whole FIFO queue is scanned, after the finished id's
+ * dependents took their places in it; otherwise only those dependents are tried. */
 static void graph_update(TaskSched *ts, const char *msg_id)
 {
     GHashTable *waiters = NULL;
@@ -658,12 +668,18 @@ static void graph_update(TaskSched *ts, const char *msg_id)
         if (g_hash_table_steal_extended(ts->graph, msg_id, &key, (gpointer *)&waiters))
             g_free(key);
     }
-    if (!msg_id || engine_just_freed(ts))
-        scan_queue(ts);
-    else if (waiters)
-        scan_dependents(ts, waiters);
+    GPtrArray *woken = waiters ? sorted_waiters(waiters) : NULL;
     if (waiters)
         g_hash_table_destroy(waiters);
+    gboolean full_scan = !msg_id || engine_just_freed(ts);
+    gboolean stop = full_scan;
+    for (guint i = 0; woken && i < woken->len; i++)
+        if (consider_job(ts, woken->pdata[i], !stop))
+            stop = TRUE; /* engines full: the rest only take their places */
+    if (woken)
+        g_ptr_array_unref(woken);
+    if (full_scan)
+        scan_queue(ts);
 }
 
 static void schedule_update(TaskSched *ts, const char *msg_id)

@@ -595,6 +595,48 @@ static void test_many_queued_tasks(void)
     harness_free(h);
 }
 
+/* Run n independent tasks one after the other on e0; returns the time it took (ms). */
+static gint64 run_independent_tasks(Harness *h, int n)
+{
+    gint64 start = g_get_monotonic_time();
+    for (int i = 0; i < n; i++) {
+        g_autofree char *id = g_strdup_printf("f%d", i);
+        harness_request(h, id, NULL);
+        harness_reply(h, id, "e0", "ok");
+    }
+    harness_discard(h);
+    return (g_get_monotonic_time() - start) / 1000;
+}
+
+/* Tasks blocked on a dependency are not re-examined each time an engine frees up: that
+ * would make every completion cost as much as the number of blocked tasks. Compared with
+ * the same work without blocked tasks, so that a slow machine does not matter. */
+static void test_blocked_tasks_do_not_slow_down_others(void)
+{
+    const int n = 20000;
+    Harness *h = new_task(NULL);
+    engines_up(h, 2);
+    harness_request(h, "long", NULL);
+    gint64 baseline_ms = run_independent_tasks(h, n);
+    harness_free(h);
+
+    h = new_task(NULL);
+    engines_up(h, 2);
+    harness_request(h, "long", NULL);
+    for (int i = 0; i < n; i++) {
+        g_autofree char *id = g_strdup_printf("b%d", i);
+        harness_request(h, id, "{\"after\": [\"long\"]}");
+    }
+    gint64 blocked_ms = run_independent_tasks(h, n);
+    g_assert_true(harness_finished(h, "f19999"));
+    /* quadratic work would be thousands of times slower */
+    g_assert_cmpint(blocked_ms, <, 10 * baseline_ms + 500);
+    harness_reply(h, "long", "e1", "ok");
+    g_autofree char *log = harness_take(h);
+    g_assert_true(g_str_has_prefix(log, "deliver long ok@e1; dispatch b0 e"));
+    harness_free(h);
+}
+
 static void test_history_limit_forgets_oldest(void)
 {
     Harness *h = new_task("history_limit=2");
@@ -676,6 +718,8 @@ int main(int argc, char **argv)
     g_test_add_func("/sched/task/dispatch-fails-at-once", test_dispatch_failing_at_once);
     g_test_add_func("/sched/task/long-cascade", test_long_failure_cascade);
     g_test_add_func("/sched/task/many-queued", test_many_queued_tasks);
+    g_test_add_func("/sched/task/blocked-tasks-cost-nothing",
+                    test_blocked_tasks_do_not_slow_down_others);
     g_test_add_func("/sched/task/history-limit", test_history_limit_forgets_oldest);
     g_test_add_func("/sched/task/options", test_options);
     return g_test_run();
