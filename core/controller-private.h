@@ -74,8 +74,9 @@ typedef struct Reply {
     char *date;          /* reply header.date (NULL for replies the core made) */
     char *started;       /* reply metadata.started */
     gboolean decoded;    /* date/started/engine taken from the frames: records need no parse */
-    gboolean kept;
-    gboolean consumed;
+    gboolean kept;       /* the scheduler called reply_keep */
+    gboolean consumed;   /* delivered */
+    gboolean offering;   /* inside the scheduler's reply callback */
 } Reply;
 
 enum { CH_MUX = 0, CH_TASK, CH_BROADCAST, CH_CONTROL, CH_COUNT };

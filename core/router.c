@@ -198,6 +198,14 @@ static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr);
 static void host_fail(HerdSchedHost *host, HerdJob *hj, const char *ename, const char *evalue);
 static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char *uuid);
 
+/* A reply is freed once nobody needs it: not while the scheduler's reply callback runs
+ * (offer_reply frees it afterwards), and not while the scheduler keeps it. */
+static void release_reply(Reply *r)
+{
+    if (!r->offering)
+        reply_free(r);
+}
+
 static HerdReply *host_reply_keep(HerdSchedHost *host, HerdReply *hr)
 {
     (void)host;
@@ -209,10 +217,8 @@ static void host_reply_free(HerdSchedHost *host, HerdReply *hr)
 {
     (void)host;
     Reply *r = hr->core;
-    if (r->consumed)
-        return; /* already handed to deliver */
     r->kept = FALSE;
-    reply_free(r);
+    release_reply(r);
 }
 
 static HerdEngine *host_find_engine(HerdSchedHost *host, const char *uuid)
@@ -274,11 +280,13 @@ static const HerdSchedHostOps host_ops = {
     .now_us = host_now_us,
 };
 
-/* Hand a reply to the channel's scheduler; free it afterwards unless it was delivered or kept. */
+/* Hand a reply to the channel's scheduler; free it afterwards unless the scheduler keeps it. */
 static void offer_reply(Channel *ch, Job *job, Reply *r)
 {
+    r->offering = TRUE;
     ch->ops->reply(ch->sched, &job->pub, &r->pub);
-    if (!r->consumed && !r->kept)
+    r->offering = FALSE;
+    if (r->consumed || !r->kept)
         reply_free(r);
 }
 
@@ -427,7 +435,7 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
 {
     Sub *sub = r->sub;
     if (!sub || sub->done) {
-        reply_free(r);
+        release_reply(r);
         return;
     }
     sub->done = TRUE;
@@ -444,7 +452,7 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
         herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
         send_frames(ch->ctl, ch->client_sock, f, "broadcast");
     }
-    reply_free(r);
+    release_reply(r);
     if (last)
         job_finish(ch, job);
 }
@@ -472,7 +480,7 @@ static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
         herd_frames_swap(&r->frames, 0, 1); /* [E, C, M'] -> [C, E, M'] */
         send_frames(ch->ctl, ch->client_sock, &r->frames, ch->name);
     }
-    reply_free(r);
+    release_reply(r);
     job_finish(ch, job);
 }
 

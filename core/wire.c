@@ -87,6 +87,10 @@ int herd_frames_recv(void *sock, HerdFrames *f, int flags)
             int saved = errno;
             zmq_msg_close(m);
             frames_truncate(f, first);
+            if (f->n == 0) { /* nothing kept: release the array too (EAGAIN is common) */
+                g_free(f->frames);
+                herd_frames_init(f);
+            }
             errno = saved;
             return -1;
         }

@@ -60,7 +60,8 @@ void herd_frames_init(HerdFrames *f);
 /* Close every frame; f stays usable (empty). */
 void herd_frames_clear(HerdFrames *f);
 /* Receive one whole multipart message (appended to f, which should be empty); finds the
- * delimiter. Returns 0, or -1 with errno set (EAGAIN with ZMQ_DONTWAIT). */
+ * delimiter. Returns 0, or -1 with errno set (EAGAIN with ZMQ_DONTWAIT); on failure f holds
+ * what it held before (an empty f owns no memory then). */
 int herd_frames_recv(void *sock, HerdFrames *f, int flags);
 /* Send every frame; on success f is left empty. Returns 0 or -1 with errno. */
 int herd_frames_send(void *sock, HerdFrames *f);
