@@ -44,8 +44,6 @@ static void bc_engine_free(gpointer data)
 static void bc_job_free(gpointer data)
 {
     BcJob *bj = data;
-    if (bj->job)
-        bj->job->sched = NULL;
     g_hash_table_destroy(bj->waiting);
     if (bj->deferred)
         g_ptr_array_unref(bj->deferred);

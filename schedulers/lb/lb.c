@@ -137,13 +137,12 @@ static gpointer lb_create(HerdSchedHost *host, GKeyFile *conf, const char *group
     return ls;
 }
 
+/* Jobs and engines belong to the core: only our own state is freed (and our timers). */
 static void lb_destroy(gpointer self)
 {
     LbSched *ls = self;
     while (!g_queue_is_empty(&ls->engines)) {
         LbEngine *e = g_queue_pop_head_link(&ls->engines)->data;
-        if (e->he)
-            e->he->sched = NULL;
         lb_engine_free(e);
     }
     for (guint i = 0; i < ls->dead->len; i++) {

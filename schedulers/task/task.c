@@ -842,14 +842,12 @@ static void task_destroy(gpointer self)
         TaskJob *tj = value;
         if (tj->timer)
             ts->host->ops->timer_cancel(ts->host, tj->timer);
-        tj->job->sched = NULL;
         tj->refs = 1;
         task_job_unref(tj);
     }
     g_hash_table_destroy(ts->live);
     while (!g_queue_is_empty(&ts->engines)) {
         TaskEngine *e = g_queue_pop_head_link(&ts->engines)->data;
-        e->he->sched = NULL;
         task_engine_free(e);
     }
     for (guint i = 0; i < ts->dead->len; i++) {
