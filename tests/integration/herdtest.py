@@ -211,16 +211,17 @@ class Controller:
         timeout = timeout or 15 * time_scale()
         if self.proc is None:
             return None
+        helpers = descendants(self.proc.pid)  # the Python controller forks some
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             if self.wait_exit(timeout) is None:
-                kill_group(self.proc.pid)
+                kill_group(self.proc.pid)  # not reaped yet: the group is still ours
                 self.proc.wait(timeout=10)
                 self.returncode = self.proc.returncode
+                kill_leftovers(helpers)
                 raise AssertionError(f"controller ignored SIGTERM for {timeout:.0f}s; killed it")
         self.returncode = self.proc.returncode
-        # Helper processes of the Python controller live in its group.
-        kill_group(self.proc.pid)
+        kill_leftovers(helpers)
         return self.returncode
 
     def forget_log(self):
@@ -258,12 +259,33 @@ class Controller:
 
 
 def kill_group(pgid):
-    """SIGKILL a process group that this suite created (start_new_session);
-    a group that is already empty is fine."""
+    """SIGKILL a process group that this suite created (start_new_session)
+    while its leader is not reaped yet; a group that is already empty is fine."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def descendants(pid):
+    """psutil handles on pid's descendants. psutil remembers each one's start
+    time, so signalling through them never hits a recycled PID."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_leftovers(procs, grace=5):
+    """Give these processes `grace` seconds to exit by themselves, then
+    SIGKILL the ones still running."""
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def engine_environment():
@@ -284,7 +306,7 @@ class Engine:
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / f"engine-{index}.log"
         self.proc = None
-        self._nanny_pid = None
+        self._nanny = None  # psutil.Process, once found
 
     def argv(self):
         argv = [PYTHON, "-m", "ipyparallel.engine", "--profile-dir", str(self.profile_dir),
@@ -311,21 +333,17 @@ class Engine:
     def nanny_pid(self, timeout=15):
         """PID of the engine's nanny: a child process running
         ipyparallel.engine.nanny (started in a session of its own)."""
-        if self._nanny_pid is None:
+        if self._nanny is None:
             def find():
-                try:
-                    children = psutil.Process(self.pid).children()
-                except psutil.NoSuchProcess:
-                    return None
-                for child in children:
+                for child in descendants(self.pid):
                     try:
                         if "ipyparallel.engine.nanny" in " ".join(child.cmdline()):
-                            return child.pid
+                            return child
                     except psutil.NoSuchProcess:
                         continue
                 return None
-            self._nanny_pid = wait_until(find, timeout, what=f"nanny of engine pid {self.pid}")
-        return self._nanny_pid
+            self._nanny = wait_until(find, timeout, what=f"nanny of engine pid {self.pid}")
+        return self._nanny.pid
 
     def registered_id(self):
         """The id this engine reports in its log, or None before registration."""
@@ -339,10 +357,13 @@ class Engine:
 
     def stop(self, timeout=10):
         """SIGTERM to the engine's group, bounded wait, SIGKILL; then make sure
-        its nanny (in another session) is gone too."""
+        its nanny (in a session of its own) is gone too."""
         if self.proc is None:
             return
+        family = descendants(self.proc.pid)
         nanny = self._find_nanny_now()
+        if nanny is not None and nanny not in family:
+            family.append(nanny)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -351,28 +372,21 @@ class Engine:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                pass
-        kill_group(self.proc.pid)
-        self.proc.wait(timeout=10)
-        if nanny is not None:
-            # The nanny exits on its own once its parent is gone.
-            try:
-                wait_until(lambda: not pid_alive(nanny), 5, what="nanny exit")
-            except TimeoutError:
-                try:
-                    os.kill(nanny, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill_group(self.proc.pid)  # not reaped yet: the group is still ours
+                self.proc.wait(timeout=10)
+        # The nanny exits by itself once its parent is gone.
+        kill_leftovers(family)
         if self.log_path in LIVE_LOGS:
             LIVE_LOGS.remove(self.log_path)
 
     def _find_nanny_now(self):
-        if self._nanny_pid is not None:
-            return self._nanny_pid
-        try:
-            return self.nanny_pid(timeout=0)
-        except TimeoutError:
-            return None
+        """The nanny as a psutil.Process if it is (or was) known, else None."""
+        if self._nanny is None:
+            try:
+                self.nanny_pid(timeout=0)
+            except TimeoutError:
+                return None
+        return self._nanny
 
 
 class Cluster:
