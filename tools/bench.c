@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,6 +38,7 @@ typedef struct ChannelResult {
     double p50_ms, p90_ms, p99_ms;
     guint latency_samples;
     double cpu_s, cpu_us_per_task;
+    double engines_cpu_s, clients_cpu_s; /* where the rest of the machine went */
     guint64 rss_peak_kb;
     gboolean timed_out;
 } ChannelResult;
@@ -169,6 +171,14 @@ static GArray *process_tree(int root)
             g_array_append_val(tree, g_array_index(all, ProcInfo, i));
     g_array_free(all, TRUE);
     return tree;
+}
+
+/* CPU time of this process (the client threads and their libzmq I/O threads). */
+static double self_cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static double tree_cpu_seconds(int root)
@@ -343,7 +353,8 @@ static HerdChannel channel_of(const char *name)
 /* Measure one channel with every client: a warm-up, the pipelined throughput phase
  * (controller CPU measured around it), then the latency phase on the first client. */
 static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clients, const int *engine_ids,
-                                      const char *channel, const char *scheme, int controller_pid, HerdBytes payload)
+                                      const char *channel, const char *scheme, int controller_pid, int engines_pid,
+                                      HerdBytes payload)
 {
     ChannelResult *res = g_new0(ChannelResult, 1);
     res->channel = g_strdup(channel);
@@ -365,6 +376,7 @@ static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clien
 
     ClientThread *threads = g_new0(ClientThread, cfg->clients);
     double cpu_before = tree_cpu_seconds(controller_pid);
+    double engines_before = tree_cpu_seconds(engines_pid), self_before = self_cpu_seconds();
     gint64 start = g_get_monotonic_time();
     for (int i = 0; i < cfg->clients; i++) {
         threads[i].client = clients[i];
@@ -387,6 +399,8 @@ static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clien
     }
     res->seconds = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
     res->cpu_s = tree_cpu_seconds(controller_pid) - cpu_before;
+    res->engines_cpu_s = tree_cpu_seconds(engines_pid) - engines_before;
+    res->clients_cpu_s = self_cpu_seconds() - self_before;
     res->rss_peak_kb = tree_peak_rss_kb(controller_pid);
     g_free(threads);
     res->tasks_per_s = res->seconds > 0 ? (double)res->replies / res->seconds : 0;
@@ -483,7 +497,7 @@ static gboolean start_cluster(const BenchConfig *cfg, const char *cmd, const cha
 }
 
 static void measure_channels(const BenchConfig *cfg, HerdClient **clients, char **channels, const char *scheme,
-                             int controller_pid, RunResult *run)
+                             int controller_pid, int engines_pid, RunResult *run)
 {
     guint n;
     const HerdClientEngine *table = herd_client_engines(clients[0], &n);
@@ -495,7 +509,7 @@ static void measure_channels(const BenchConfig *cfg, HerdClient **clients, char 
         payload[i] = (char)('a' + i % 26);
     for (char **ch = channels; *ch; ch++) {
         ChannelResult *res = measure_channel(cfg, clients, ids, *ch, g_str_equal(*ch, "lb") ? scheme : NULL,
-                                             controller_pid, (HerdBytes){ payload, (gsize)cfg->payload });
+                                             controller_pid, engines_pid, (HerdBytes){ payload, (gsize)cfg->payload });
         g_ptr_array_add(run->channels, res);
     }
 }
@@ -510,7 +524,7 @@ static gboolean bench_one(const BenchConfig *cfg, const char *cmd, const char *w
     HerdClient **clients = g_new0(HerdClient *, cfg->clients);
     gboolean ok = start_cluster(cfg, cmd, profile_dir, scheme, &controller, &engines, clients, err);
     if (ok)
-        measure_channels(cfg, clients, channels, scheme, controller.pid, run);
+        measure_channels(cfg, clients, channels, scheme, controller.pid, engines.pid, run);
     for (int i = 0; i < cfg->clients; i++)
         herd_client_close(clients[i]);
     g_free(clients);
@@ -651,6 +665,8 @@ static void json_channel(JsonBuilder *b, const ChannelResult *r)
     json_builder_end_object(b);
     json_double(b, "controller_cpu_s", r->cpu_s);
     json_double(b, "cpu_us_per_task", r->cpu_us_per_task);
+    json_double(b, "engines_cpu_s", r->engines_cpu_s);
+    json_double(b, "clients_cpu_s", r->clients_cpu_s);
     json_builder_set_member_name(b, "controller_peak_rss_kb");
     json_builder_add_int_value(b, (gint64)r->rss_peak_kb);
     json_builder_end_object(b);
