@@ -48,7 +48,7 @@ def check_run(run, engines=2, tasks=200):
         assert latency["samples"] == 30
         assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
         assert channel["controller_cpu_s"] >= 0
-        assert channel["engines_cpu_s"] > 0 and channel["clients_cpu_s"] > 0
+        assert channel["engines_cpu_s"] >= 0 and channel["clients_cpu_s"] >= 0  # 10 ms clock ticks
         assert channel["controller_peak_rss_kb"] > 0
 
 
