@@ -47,9 +47,14 @@ int main(int argc, char **argv)
         printf("herd %s\n", HERD_VERSION);
         return 0;
     }
-    for (guint i = 0; i < G_N_ELEMENTS(subcommands); i++)
-        if (g_str_equal(argv[1], subcommands[i].name))
+    for (guint i = 0; i < G_N_ELEMENTS(subcommands); i++) {
+        if (g_str_equal(argv[1], subcommands[i].name)) {
+            /* "Usage: herd engine [OPTION...]" in each subcommand's --help */
+            g_autofree char *prgname = g_strdup_printf("herd %s", subcommands[i].name);
+            g_set_prgname(prgname);
             return subcommands[i].run(argc - 1, argv + 1);
+        }
+    }
     fprintf(stderr, "herd: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
