@@ -336,6 +336,43 @@ static Sub *broadcast_sub(Channel *ch, Job *job, Engine *e, HerdFrames *out)
     return sub;
 }
 
+/* An engine that could not be sent to answers with an EngineError, but on the next loop
+ * iteration: a reply inside dispatch would re-enter the scheduler in the middle of its own
+ * decision (and could finish a broadcast before all its targets were dispatched). The job
+ * is looked up again by id, so one finished meanwhile is left alone. */
+typedef struct {
+    Channel *ch;
+    char *key;  /* msg_id, or the broadcast sub id */
+    char *uuid;
+} DeferredError;
+
+static void deferred_error_fire(gpointer p)
+{
+    DeferredError *d = p;
+    Channel *ch = d->ch;
+    Job *job = NULL;
+    if (ch->kind == CH_BROADCAST) {
+        Sub *sub = g_hash_table_lookup(ch->subs, d->key);
+        job = sub && !sub->done ? sub->job : NULL;
+    } else {
+        job = g_hash_table_lookup(ch->jobs, d->key);
+    }
+    if (job && ch->sched)
+        offer_reply(ch, job, host_engine_error(&ch->host, &job->pub, d->uuid)->core);
+    g_free(d->key);
+    g_free(d->uuid);
+    g_free(d);
+}
+
+static void defer_engine_error(Channel *ch, const char *key, const char *uuid)
+{
+    DeferredError *d = g_new(DeferredError, 1);
+    d->ch = ch;
+    d->key = g_strdup(key);
+    d->uuid = g_strdup(uuid);
+    herd_loop_timer_add(ch->ctl->loop, 0, deferred_error_fire, d);
+}
+
 static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
 {
     Channel *ch = channel_of(host);
@@ -349,8 +386,7 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
         g_hash_table_insert(ch->subs, sub->sub_id, sub);
         if (!send_frames(ch->ctl, ch->engine_sock, &out, "broadcast")) {
             g_warning("broadcast: engine %d (%s) unreachable for %s", e->pub.id, e->uuid, job->msg_id);
-            Reply *r = host_engine_error(host, hj, e->uuid)->core;
-            offer_reply(ch, job, r);
+            defer_engine_error(ch, sub->sub_id, e->uuid);
         }
         return;
     }
@@ -368,8 +404,7 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
         g_warning("%s: engine %d (%s) unreachable for %s", ch->name, e->pub.id, e->uuid, job->msg_id);
         herd_hub_job_undispatched(ch->ctl, job);
         job->engine = NULL;
-        Reply *r = host_engine_error(host, hj, e->uuid)->core;
-        offer_reply(ch, job, r);
+        defer_engine_error(ch, job->msg_id, e->uuid);
     }
 }
 
