@@ -460,6 +460,8 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
         g_error_free(local);
         return NULL;
     }
+    if (ci.ssh && *ci.ssh)
+        g_warning("%s asks for an SSH tunnel (%s); the herd client connects directly", connfile, ci.ssh);
     HerdClient *c = g_new0(HerdClient, 1);
     c->engine_uuid_by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     c->engine_id_by_uuid = g_hash_table_new(g_str_hash, g_str_equal);

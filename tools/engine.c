@@ -1105,6 +1105,8 @@ int herd_cmd_engine(int argc, char **argv)
         g_error_free(err);
         return 1;
     }
+    if (h.ci.ssh && *h.ci.ssh)
+        g_warning("the connection file asks for an SSH tunnel (%s); herd engine connects directly", h.ci.ssh);
     raise_fd_limit();
     h.zctx = zmq_ctx_new();
     zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);
