@@ -355,12 +355,26 @@ class Engine:
         """Signal the engine process only (not its nanny)."""
         os.kill(self.pid, sig)
 
+    def terminate(self):
+        """SIGTERM to the engine's group without waiting (stop() waits), so that
+        several engines can shut down at the same time. Notes the nanny first:
+        once the engine is gone it cannot be found any more."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self._find_nanny_now()
+        self._family = descendants(self.proc.pid)  # stop() cleans these up too
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
     def stop(self, timeout=10):
         """SIGTERM to the engine's group, bounded wait, SIGKILL; then make sure
         its nanny (in a session of its own) is gone too."""
         if self.proc is None:
             return
         family = descendants(self.proc.pid)
+        family += [p for p in getattr(self, "_family", []) if p not in family]
         nanny = self._find_nanny_now()
         if nanny is not None and nanny not in family:
             family.append(nanny)
@@ -475,6 +489,12 @@ class Cluster:
                 rc.close()
             except Exception as exc:  # a closed or broken client must not hide the rest
                 problems.append(f"client close failed: {exc!r}")
+        # An engine takes seconds to exit: signal all of them before waiting for each.
+        for engine in self.engines:
+            try:
+                engine.terminate()
+            except Exception as exc:
+                problems.append(f"engine {engine.index} terminate failed: {exc!r}")
         for engine in self.engines:
             try:
                 engine.stop()
