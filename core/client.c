@@ -34,10 +34,27 @@ struct HerdClient {
     gboolean engine_list_stale;
 
     GHashTable *outstanding;        /* request msg_id -> GUINT_TO_POINTER(replies left) */
-    GQueue held;                    /* HerdClientMsg* received while waiting for engines */
+    GHashTable *direct;             /* outstanding MUX msg_id -> DirectRequest* */
+    GQueue held;                    /* HerdClientMsg* received, not yet returned */
+    GQueue failed;                  /* synthesized replies, queued behind their notification */
     guint64 unexpected;
     guint64 rejected;
 };
+
+/* A MUX request in flight: failed locally if its engine unregisters (as ipyparallel does),
+ * because no reply will ever come. */
+typedef struct DirectRequest {
+    char *engine_uuid;
+    char *reply_type;
+} DirectRequest;
+
+static void direct_request_free(gpointer p)
+{
+    DirectRequest *d = p;
+    g_free(d->engine_uuid);
+    g_free(d->reply_type);
+    g_free(d);
+}
 
 const char *herd_channel_name(HerdChannel ch)
 {
@@ -162,14 +179,72 @@ static int engine_id_of(HerdClient *c, const char *uuid)
     return -1;
 }
 
+static JsonObject *msg_take_object(HerdClientMsg *m, guint slot, JsonObject *o)
+{
+    m->nodes[slot] = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(m->nodes[slot], o);
+    return o;
+}
+
+/* The reply a MUX request gets when its engine unregistered first: an EngineError, like
+ * the one ipyparallel raises locally. It has no frames and no buffers. */
+static HerdClientMsg *engine_died_reply(const char *msg_id, const DirectRequest *d, int engine_id)
+{
+    HerdClientMsg *m = g_new0(HerdClientMsg, 1);
+    herd_frames_init(&m->frames);
+    m->buffers = g_new0(HerdBytes, 1);
+    m->header = msg_take_object(m, 0, json_object_new());
+    json_object_set_string_member(m->header, "msg_type", d->reply_type);
+    json_object_set_string_member(m->header, "msg_id", "");
+    m->parent_header = msg_take_object(m, 1, json_object_new());
+    json_object_set_string_member(m->parent_header, "msg_id", msg_id);
+    m->metadata = msg_take_object(m, 2, json_object_new());
+    json_object_set_string_member(m->metadata, "engine", d->engine_uuid);
+    json_object_set_string_member(m->metadata, "status", "error");
+    m->content = msg_take_object(m, 3, json_object_new());
+    g_autofree char *evalue = g_strdup_printf("Engine %d died while running task '%s'", engine_id, msg_id);
+    json_object_set_string_member(m->content, "status", "error");
+    json_object_set_array_member(m->content, "traceback", json_array_new());
+    json_object_set_string_member(m->content, "ename", "EngineError");
+    json_object_set_string_member(m->content, "evalue", evalue);
+    json_object_set_object_member(m->content, "engine_info", json_object_new());
+    m->kind = HERD_MSG_REPLY;
+    m->channel = HERD_CHANNEL_MUX;
+    m->msg_type = herd_json_str(m->header, "msg_type");
+    m->msg_id = herd_json_str(m->header, "msg_id");
+    m->request_id = herd_json_str(m->parent_header, "msg_id");
+    m->status = "error";
+    m->engine_uuid = herd_json_str(m->metadata, "engine");
+    m->engine_id = engine_id;
+    return m;
+}
+
+static void fail_direct_requests(HerdClient *c, const char *uuid, int engine_id)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, c->direct);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        DirectRequest *d = value;
+        if (!g_str_equal(d->engine_uuid, uuid))
+            continue;
+        g_hash_table_remove(c->outstanding, key);
+        g_queue_push_tail(&c->failed, engine_died_reply(key, d, engine_id));
+        g_hash_table_iter_remove(&it);
+    }
+}
+
 static void apply_notification(HerdClient *c, HerdClientMsg *m)
 {
     int id = (int)herd_json_int(m->content, "id", -1);
     const char *uuid = herd_json_str(m->content, "uuid");
     if (g_str_equal(m->msg_type, "registration_notification") && id >= 0 && uuid)
         engine_add(c, id, uuid);
-    else if (g_str_equal(m->msg_type, "unregistration_notification") && id >= 0)
+    else if (g_str_equal(m->msg_type, "unregistration_notification") && id >= 0) {
         engine_remove(c, id);
+        if (uuid)
+            fail_direct_requests(c, uuid, id);
+    }
     m->engine_uuid = uuid;
     m->engine_id = id;
 }
@@ -290,8 +365,10 @@ static HerdClientMsg *receive_from(HerdClient *c, guint index, gboolean *empty)
     m->engine_id = engine_id_of(c, m->engine_uuid);
     gpointer left;
     if (m->request_id && g_hash_table_lookup_extended(c->outstanding, m->request_id, NULL, &left)) {
-        if (GPOINTER_TO_UINT(left) <= 1)
+        if (GPOINTER_TO_UINT(left) <= 1) {
             g_hash_table_remove(c->outstanding, m->request_id);
+            g_hash_table_remove(c->direct, m->request_id);
+        }
         else
             g_hash_table_insert(c->outstanding, g_strdup(m->request_id), GUINT_TO_POINTER(GPOINTER_TO_UINT(left) - 1));
     } else {
@@ -329,6 +406,9 @@ static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
             HerdClientMsg *m = receive_from(c, i, &empty);
             if (m)
                 g_queue_push_tail(&c->held, m);
+            HerdClientMsg *failed;
+            while ((failed = g_queue_pop_head(&c->failed)))
+                g_queue_push_tail(&c->held, failed);
         }
     }
     c->next_sock = (c->next_sock + 1) % N_SOCKS;
@@ -467,7 +547,9 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
     c->engine_id_by_uuid = g_hash_table_new(g_str_hash, g_str_equal);
     c->engine_list = g_array_new(FALSE, FALSE, sizeof(HerdClientEngine));
     c->outstanding = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    c->direct = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, direct_request_free);
     g_queue_init(&c->held);
+    g_queue_init(&c->failed);
     c->zctx = zmq_ctx_new();
     c->session = herd_session_new(ci.key ? ci.key : "", ci.signature_scheme ? ci.signature_scheme : "hmac-sha256",
                                   NULL, err);
@@ -493,6 +575,8 @@ void herd_client_close(HerdClient *c)
     if (c->session)
         herd_session_free(c->session);
     g_queue_clear_full(&c->held, (GDestroyNotify)herd_client_msg_free);
+    g_queue_clear_full(&c->failed, (GDestroyNotify)herd_client_msg_free);
+    g_hash_table_destroy(c->direct);
     g_hash_table_destroy(c->outstanding);
     g_array_free(c->engine_list, TRUE);
     g_hash_table_destroy(c->engine_id_by_uuid);
@@ -621,9 +705,17 @@ gboolean herd_client_submit(HerdClient *c, HerdChannel channel, const char *msg_
         g_free(msg_id);
         return set_zmq_error(err, "sending request");
     }
-    guint replies = expected_replies(channel, json_node_get_object(metadata_node), n_targets);
+    /* Only requests are answered (comm_* messages, for instance, never are). */
+    gboolean answered = g_str_has_suffix(msg_type, "_request");
+    guint replies = answered ? expected_replies(channel, json_node_get_object(metadata_node), n_targets) : 0;
     if (replies > 0)
         g_hash_table_insert(c->outstanding, g_strdup(msg_id), GUINT_TO_POINTER(replies));
+    if (channel == HERD_CHANNEL_MUX && answered) {
+        DirectRequest *d = g_new0(DirectRequest, 1);
+        d->engine_uuid = g_strdup(uuids[0]);
+        d->reply_type = g_strdup_printf("%.*s_reply", (int)(strlen(msg_type) - strlen("_request")), msg_type);
+        g_hash_table_insert(c->direct, g_strdup(msg_id), d);
+    }
     if (msg_id_out)
         *msg_id_out = msg_id;
     else

@@ -22,7 +22,7 @@ typedef struct FakeController {
     HerdSession *session;
     GThread *thread;
     gint stop;             /* atomic */
-    gint announce_engine;  /* atomic: publish a registration_notification for ENGINE_C */
+    gint announce_engine;  /* atomic: 1 = publish ENGINE_C's registration, 2 = its unregistration */
     guint task_turn;
     char *dir, *connfile;
 } FakeController;
@@ -95,11 +95,13 @@ static void answer_registration(FakeController *fc, HerdFrames *in)
     herd_frames_send(fc->socks[F_REG], &out);
 }
 
-/* MUX: [C, E, M] -> reply [C, E, M'] and an idle status on IOPub. */
+/* MUX: [C, E, M] -> reply [C, E, M'] and an idle status on IOPub. ENGINE_C never answers. */
 static void answer_mux(FakeController *fc, HerdFrames *in)
 {
     HerdBytes parent = herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER));
     g_autofree char *engine = g_strndup(herd_frame_data(in, 1), herd_frame_size(in, 1));
+    if (g_str_equal(engine, ENGINE_C))
+        return;
     send_engine_reply(fc, fc->socks[F_MUX], herd_frame_data(in, 0), herd_frame_size(in, 0), engine, TRUE, in, parent,
                       NULL);
     publish_idle(fc, engine, parent);
@@ -158,10 +160,13 @@ static gpointer fake_controller_main(gpointer data)
             }
             herd_frames_clear(&in); /* a failed receive may leave an empty array behind */
         }
-        if (g_atomic_int_get(&fc->announce_engine)) {
+        int announce = g_atomic_int_get(&fc->announce_engine);
+        if (announce) {
             HerdFrames out;
             herd_frames_init(&out);
-            herd_session_build(fc->session, &out, "registration_notification", HERD_BYTES_NULL, HERD_BYTES_NULL,
+            herd_session_build(fc->session, &out,
+                               announce == 1 ? "registration_notification" : "unregistration_notification",
+                               HERD_BYTES_NULL, HERD_BYTES_NULL,
                                HERD_BYTES_STR("{\"id\": 2, \"uuid\": \"" ENGINE_C "\"}"), NULL);
             herd_frames_send(fc->socks[F_NOTIF], &out);
         }
@@ -377,6 +382,55 @@ static void test_wait_for_engines_follows_notifications(void)
     fake_controller_stop(fc);
 }
 
+/* A MUX request whose engine unregisters before answering fails locally with
+ * EngineError, as in ipyparallel, instead of staying outstanding forever. */
+static void test_unregistration_fails_pending_direct_requests(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    g_atomic_int_set(&fc->announce_engine, 1);
+    g_assert_true(herd_client_wait_for_engines(c, 3, 10000, NULL));
+    int silent_engine = 2, live_engine = 0;
+    g_autofree char *lost = NULL, *answered = NULL;
+    g_assert_true(herd_client_execute(c, HERD_CHANNEL_MUX, &silent_engine, 1, "x", TRUE, &lost, NULL));
+    g_assert_true(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", &live_engine, 1, NULL, NULL, NULL, 0,
+                                     &answered, NULL));
+    g_atomic_int_set(&fc->announce_engine, 2);
+    gboolean got_failure = FALSE, got_answer = FALSE, saw_notification = FALSE;
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!(got_failure && got_answer) && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 500, NULL);
+        if (!m)
+            continue;
+        if (m->kind == HERD_MSG_NOTIFICATION && g_str_equal(m->msg_type, "unregistration_notification"))
+            saw_notification = TRUE;
+        if (m->kind != HERD_MSG_REPLY)
+            continue;
+        if (g_strcmp0(m->request_id, lost) == 0) {
+            g_assert_true(saw_notification); /* delivered right behind the notification */
+            g_assert_false(got_failure);
+            got_failure = TRUE;
+            g_assert_cmpstr(m->msg_type, ==, "execute_reply");
+            g_assert_cmpstr(m->status, ==, "error");
+            g_assert_cmpstr(json_object_get_string_member(m->content, "ename"), ==, "EngineError");
+            g_assert_cmpint(m->engine_id, ==, 2);
+            g_assert_cmpstr(m->engine_uuid, ==, ENGINE_C);
+            g_assert_cmpuint(m->n_buffers, ==, 0);
+        } else if (g_strcmp0(m->request_id, answered) == 0) {
+            got_answer = TRUE;
+            g_assert_cmpstr(m->status, ==, "ok");
+        }
+    }
+    g_assert_true(got_failure);
+    g_assert_true(got_answer);
+    g_assert_null(herd_client_engine_uuid(c, 2));
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
 static void test_pollitems_cover_every_socket(void)
 {
     FakeController *fc = fake_controller_start();
@@ -415,5 +469,6 @@ int main(int argc, char **argv)
     g_test_add_func("/client/submit/pipelining", test_pipelining_every_reply_once);
     g_test_add_func("/client/wait-for-engines", test_wait_for_engines_follows_notifications);
     g_test_add_func("/client/pollitems", test_pollitems_cover_every_socket);
+    g_test_add_func("/client/unregistration-fails-direct", test_unregistration_fails_pending_direct_requests);
     return g_test_run();
 }
