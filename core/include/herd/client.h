@@ -129,7 +129,9 @@ gboolean herd_client_execute(HerdClient *c, HerdChannel channel, const int *targ
  * unknown or already complete (counted by herd_client_unexpected()). */
 HerdClientMsg *herd_client_recv(HerdClient *c, int timeout_ms, GError **err);
 
-/* Number of submitted requests whose replies have not all arrived yet. */
+/* Number of submitted requests (*_request messages) whose replies have not all arrived.
+ * A MUX request whose engine unregisters is answered locally with an EngineError reply
+ * (delivered right after the unregistration notification), as ipyparallel does. */
 guint herd_client_outstanding(const HerdClient *c);
 /* Replies delivered for a request that was unknown or already complete. */
 guint64 herd_client_unexpected(const HerdClient *c);
