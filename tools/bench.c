@@ -829,7 +829,7 @@ static gboolean run_failed(const RunResult *run)
 
 int herd_cmd_bench(int argc, char **argv)
 {
-    BenchConfig cfg = { .engines = 4, .clients = 1, .tasks = 20000, .latency_tasks = 1000, .window = 256,
+    BenchConfig cfg = { .engines = 4, .clients = 1, .tasks = 10000, .latency_tasks = 1000, .window = 256,
                         .payload = 64, .ping_ms = 100, .phase_seconds = 60, .startup_seconds = 30 };
     g_autofree char *channels = NULL, *schemes = NULL, *controller_cmd = NULL, *python = NULL;
     GOptionEntry entries[] = {
@@ -840,7 +840,7 @@ int herd_cmd_bench(int argc, char **argv)
         { "python", 0, 0, G_OPTION_ARG_STRING, &python, "Python with ipyparallel for --compare (default: python3)", "PATH" },
         { "engines", 'n', 0, G_OPTION_ARG_INT, &cfg.engines, "Echo engines (default 4)", "N" },
         { "clients", 'c', 0, G_OPTION_ARG_INT, &cfg.clients, "Client threads for the throughput phase (default 1)", "N" },
-        { "tasks", 't', 0, G_OPTION_ARG_INT, &cfg.tasks, "Requests per channel in the throughput phase (default 20000)", "N" },
+        { "tasks", 't', 0, G_OPTION_ARG_INT, &cfg.tasks, "Tasks per channel in the throughput phase (default 10000)", "N" },
         { "latency-tasks", 0, 0, G_OPTION_ARG_INT, &cfg.latency_tasks, "Requests for the latency phase (default 1000)", "N" },
         { "window", 'w', 0, G_OPTION_ARG_INT, &cfg.window, "Replies in flight per client (default 256)", "N" },
         { "payload", 0, 0, G_OPTION_ARG_INT, &cfg.payload, "Bytes of the request buffer (default 64)", "BYTES" },
