@@ -837,7 +837,7 @@ int herd_cmd_bench(int argc, char **argv)
           "Controller command (default: herdd); bench appends --profile-dir, --ip, --ping, --scheme", "CMD" },
         { "compare", 0, 0, G_OPTION_ARG_NONE, &cfg.compare, "Run herdd (or --controller-cmd) and the Python controller back to back", NULL },
         { "raw", 0, 0, G_OPTION_ARG_NONE, &cfg.raw, "Also run the bare libzmq relay baseline (herd relay)", NULL },
-        { "python", 0, 0, G_OPTION_ARG_STRING, &python, "Python with ipyparallel for --compare (default: python3)", "PATH" },
+        { "python", 0, 0, G_OPTION_ARG_STRING, &python, "Python with ipyparallel for --compare (default: /usr/bin/python3, Debian's)", "PATH" },
         { "engines", 'n', 0, G_OPTION_ARG_INT, &cfg.engines, "Echo engines (default 4)", "N" },
         { "clients", 'c', 0, G_OPTION_ARG_INT, &cfg.clients, "Client threads for the throughput phase (default 1)", "N" },
         { "tasks", 't', 0, G_OPTION_ARG_INT, &cfg.tasks, "Tasks per channel in the throughput phase (default 10000)", "N" },
@@ -884,7 +884,7 @@ int herd_cmd_bench(int argc, char **argv)
 
     g_autofree char *herdd = default_herdd();
     g_autofree char *main_cmd = cfg.controller_cmd ? g_strdup(cfg.controller_cmd) : g_shell_quote(herdd);
-    g_autofree char *python_q = g_shell_quote(cfg.python ? cfg.python : "python3");
+    g_autofree char *python_q = g_shell_quote(cfg.python ? cfg.python : "/usr/bin/python3");
     g_autofree char *python_cmd = g_strdup_printf("%s -m ipyparallel.controller", python_q);
     g_autofree char *self = herd_tool_self_path();
     g_autofree char *self_q = g_shell_quote(self);
