@@ -808,7 +808,7 @@ static gpointer task_create(HerdSchedHost *host, GKeyFile *conf, const char *gro
         !sched_opt_scheme(conf, group, &scheme, err) ||
         !sched_opt_uint(conf, group, "hwm", 0, G_MAXINT32, 1, &hwm, err) ||
         !sched_opt_uint(conf, group, "stranded_delay_ms", 0, G_MAXINT32, 5000, &delay, err) ||
-        !sched_opt_uint(conf, group, "history_limit", 1, G_MAXINT32, 1000000, &history, err))
+        !sched_opt_uint(conf, group, "history_limit", 1, G_MAXINT32, 100000, &history, err))
         return NULL;
     TaskSched *ts = g_new0(TaskSched, 1);
     ts->host = host;
