@@ -32,7 +32,7 @@ echo "== integration tests (pytest tests/integration, herdd from $builddir)"
 (
     cd "$repo" &&
     HERD_BUILD_DIR=$builddir timeout --kill-after=30 "$integration_limit" \
-        "$python" -m pytest tests/integration --junitxml="$results/integration.xml" "$@"
+        "$python" -m pytest tests/integration --durations=10 --junitxml="$results/integration.xml" "$@"
 )
 integration_status=$?
 
