@@ -1,4 +1,9 @@
-/* herd — the event loop: epoll on ZMQ_FDs and plain fds, one-shot timers (see loop.h). */
+/* herd — the event loop: epoll on ZMQ_FDs and plain fds, one-shot timers (see loop.h).
+ *
+ * Only watches that may have input are looked at: those epoll reported, those touched, and
+ * sockets whose callback left messages behind. They wait in loop->ready and are served in
+ * the order the watches were added, so one iteration costs O(active watches) however many
+ * sockets are watched. */
 #include "herd/loop.h"
 
 #include <errno.h>
@@ -6,14 +11,19 @@
 #include <unistd.h>
 #include <zmq.h>
 
-typedef struct {
+/* Descriptors taken from the kernel per epoll_wait; more stay reported for the next one. */
+#define EVENTS_PER_WAIT 256
+
+struct HerdWatch {
     void *zsock; /* NULL for a plain fd */
     int fd;      /* the fd waited on: ZMQ_FD of zsock, or the plain fd */
     HerdSocketFn sock_fn;
     HerdFdFn fd_fn;
     gpointer data;
-    gboolean ready; /* may have input: check before sleeping */
-} Watch;
+    guint64 order;    /* when it was added: ready watches are served in this order */
+    gboolean queued;  /* in loop->ready or in the round being served */
+    gboolean removed; /* no longer watched; freed at the end of the iteration */
+};
 
 typedef struct {
     gint64 deadline;
@@ -24,11 +34,14 @@ typedef struct {
 
 struct HerdLoop {
     int epfd;
-    GPtrArray *watches;       /* Watch*, in the order they were added */
-    GHashTable *by_socket;    /* zsock -> Watch */
-    gboolean watches_changed; /* set when a callback adds or removes a watch */
-    GSequence *timers;        /* Timer*, by (deadline, id) */
-    GHashTable *timer_by_id;  /* id -> GSequenceIter */
+    GHashTable *watches;   /* HerdWatch* set: every watch not removed (owns them) */
+    GHashTable *by_socket; /* zsock -> HerdWatch */
+    GPtrArray *ready;      /* HerdWatch* that may have input: served next */
+    GPtrArray *round;      /* the watches being served now (a reused buffer) */
+    GPtrArray *removed;    /* HerdWatch* removed; events or rounds may still point at them */
+    guint64 next_order;
+    GSequence *timers;       /* Timer*, by (deadline, id) */
+    GHashTable *timer_by_id; /* id -> GSequenceIter */
     guint next_timer_id;
     gboolean quit;
     int status;
@@ -49,8 +62,11 @@ HerdLoop *herd_loop_new(void)
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (loop->epfd < 0)
         g_error("epoll_create1: %s", g_strerror(errno));
-    loop->watches = g_ptr_array_new_with_free_func(g_free);
+    loop->watches = g_hash_table_new_full(g_direct_hash, g_direct_equal, g_free, NULL);
     loop->by_socket = g_hash_table_new(g_direct_hash, g_direct_equal);
+    loop->ready = g_ptr_array_new();
+    loop->round = g_ptr_array_new();
+    loop->removed = g_ptr_array_new_with_free_func(g_free);
     loop->timers = g_sequence_new(g_free);
     loop->timer_by_id = g_hash_table_new(g_direct_hash, g_direct_equal);
     loop->next_timer_id = 1;
@@ -62,72 +78,116 @@ void herd_loop_free(HerdLoop *loop)
     if (!loop)
         return;
     close(loop->epfd);
+    g_ptr_array_free(loop->ready, TRUE);
+    g_ptr_array_free(loop->round, TRUE);
+    g_ptr_array_free(loop->removed, TRUE);
     g_hash_table_destroy(loop->by_socket);
-    g_ptr_array_free(loop->watches, TRUE);
+    g_hash_table_destroy(loop->watches);
     g_hash_table_destroy(loop->timer_by_id);
     g_sequence_free(loop->timers);
     g_free(loop);
 }
 
-static void add_watch(HerdLoop *loop, Watch *w)
+/* ---- watches ---- */
+
+static void mark_ready(HerdLoop *loop, HerdWatch *w)
 {
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
-    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0)
-        g_error("epoll_ctl(ADD, %d): %s", w->fd, g_strerror(errno));
-    g_ptr_array_add(loop->watches, w);
-    if (w->zsock)
-        g_hash_table_insert(loop->by_socket, w->zsock, w);
-    loop->watches_changed = TRUE;
+    if (w->queued || w->removed)
+        return;
+    w->queued = TRUE;
+    g_ptr_array_add(loop->ready, w);
 }
 
-void herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data)
+static HerdWatch *add_watch(HerdLoop *loop, void *zsock, int fd, gpointer data)
 {
-    Watch *w = g_new0(Watch, 1);
-    size_t len = sizeof w->fd;
-    if (zmq_getsockopt(zsock, ZMQ_FD, &w->fd, &len) < 0)
-        g_error("zmq_getsockopt(ZMQ_FD): %s", zmq_strerror(errno));
+    HerdWatch *w = g_new0(HerdWatch, 1);
     w->zsock = zsock;
-    w->sock_fn = fn;
+    w->fd = fd;
     w->data = data;
-    w->ready = TRUE; /* input may be queued already */
-    add_watch(loop, w);
+    w->order = loop->next_order++;
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        g_error("epoll_ctl(ADD, %d): %s", fd, g_strerror(errno));
+    g_hash_table_add(loop->watches, w);
+    if (zsock)
+        g_hash_table_insert(loop->by_socket, zsock, w);
+    return w;
 }
 
-void herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data)
+HerdWatch *herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data)
 {
-    Watch *w = g_new0(Watch, 1);
-    w->fd = fd;
+    int fd = -1;
+    size_t len = sizeof fd;
+    if (zmq_getsockopt(zsock, ZMQ_FD, &fd, &len) < 0)
+        g_error("zmq_getsockopt(ZMQ_FD): %s", zmq_strerror(errno));
+    HerdWatch *w = add_watch(loop, zsock, fd, data);
+    w->sock_fn = fn;
+    mark_ready(loop, w); /* input may be queued already, its edge long gone */
+    return w;
+}
+
+HerdWatch *herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data)
+{
+    HerdWatch *w = add_watch(loop, NULL, fd, data);
     w->fd_fn = fn;
-    w->data = data;
-    add_watch(loop, w);
+    return w;
+}
+
+void herd_loop_remove_watch(HerdLoop *loop, HerdWatch *w)
+{
+    if (!w || w->removed)
+        return;
+    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    if (w->zsock)
+        g_hash_table_remove(loop->by_socket, w->zsock);
+    g_hash_table_steal(loop->watches, w);
+    w->removed = TRUE;
+    g_ptr_array_add(loop->removed, w);
 }
 
 void herd_loop_remove_socket(HerdLoop *loop, void *zsock)
 {
-    Watch *w = g_hash_table_lookup(loop->by_socket, zsock);
-    if (!w)
-        return;
-    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
-    g_hash_table_remove(loop->by_socket, zsock);
-    g_ptr_array_remove(loop->watches, w);
-    loop->watches_changed = TRUE;
+    herd_loop_remove_watch(loop, g_hash_table_lookup(loop->by_socket, zsock));
+}
+
+void herd_loop_recheck(HerdLoop *loop, HerdWatch *w)
+{
+    if (w && w->zsock)
+        mark_ready(loop, w);
 }
 
 void herd_loop_touch(HerdLoop *loop, void *zsock)
 {
-    Watch *w = g_hash_table_lookup(loop->by_socket, zsock);
-    if (w)
-        w->ready = TRUE;
+    herd_loop_recheck(loop, g_hash_table_lookup(loop->by_socket, zsock));
 }
 
+/* The safety net for a missed ZMQ_FD edge. */
 static void mark_all_sockets_ready(HerdLoop *loop)
 {
-    for (guint i = 0; i < loop->watches->len; i++) {
-        Watch *w = loop->watches->pdata[i];
-        if (w->zsock)
-            w->ready = TRUE;
-    }
+    GHashTableIter it;
+    gpointer w;
+    g_hash_table_iter_init(&it, loop->by_socket);
+    while (g_hash_table_iter_next(&it, NULL, &w))
+        mark_ready(loop, w);
 }
+
+/* Free the watches removed so far; nothing of this iteration refers to them any more
+ * except loop->ready, which is cleaned first. */
+static void free_removed_watches(HerdLoop *loop)
+{
+    if (loop->removed->len == 0)
+        return;
+    guint kept = 0;
+    for (guint i = 0; i < loop->ready->len; i++) {
+        HerdWatch *w = loop->ready->pdata[i];
+        if (!w->removed)
+            loop->ready->pdata[kept++] = w;
+    }
+    g_ptr_array_set_size(loop->ready, kept);
+    g_ptr_array_set_size(loop->removed, 0);
+}
+
+/* ---- timers ---- */
 
 gint64 herd_loop_now(const HerdLoop *loop)
 {
@@ -178,7 +238,7 @@ static void run_due_timers(HerdLoop *loop)
     for (;;) {
         GSequenceIter *it = g_sequence_get_begin_iter(loop->timers);
         if (g_sequence_iter_is_end(it))
-            return;
+            break;
         Timer *t = g_sequence_get(it);
         if (t->deadline > now || t->id >= limit)
             break;
@@ -192,7 +252,7 @@ static void run_due_timers(HerdLoop *loop)
             break;
     }
     if (fired)
-        mark_all_sockets_ready(loop); /* the safety net for a missed ZMQ_FD edge */
+        mark_all_sockets_ready(loop);
 }
 
 static int next_timeout_ms(HerdLoop *loop, int cap_ms)
@@ -202,59 +262,79 @@ static int next_timeout_ms(HerdLoop *loop, int cap_ms)
         return cap_ms;
     Timer *t = g_sequence_get(it);
     gint64 wait_us = t->deadline - g_get_monotonic_time();
-    int ms = wait_us <= 0 ? 0 : (int)((wait_us + 999) / 1000);
+    int ms = wait_us <= 0 ? 0 : (int)MIN((wait_us + 999) / 1000, G_MAXINT);
     return (cap_ms >= 0 && cap_ms < ms) ? cap_ms : ms;
 }
 
-static gboolean any_ready(HerdLoop *loop)
+/* ---- iterations ---- */
+
+static gint by_order(gconstpointer a, gconstpointer b)
 {
-    for (guint i = 0; i < loop->watches->len; i++)
-        if (((Watch *)loop->watches->pdata[i])->ready)
-            return TRUE;
-    return FALSE;
+    const HerdWatch *x = *(HerdWatch *const *)a, *y = *(HerdWatch *const *)b;
+    return x->order < y->order ? -1 : (x->order > y->order);
 }
 
 /* Serve one watch that may have input. */
-static void serve(Watch *w)
+static void serve(HerdLoop *loop, HerdWatch *w)
 {
     if (!w->zsock) {
-        w->ready = FALSE; /* plain fds are level-triggered in epoll */
-        w->fd_fn(w->fd, w->data);
+        w->fd_fn(w->fd, w->data); /* level-triggered in epoll: reported again while readable */
         return;
     }
     int events = 0;
     size_t len = sizeof events;
-    if (zmq_getsockopt(w->zsock, ZMQ_EVENTS, &events, &len) < 0 || !(events & ZMQ_POLLIN)) {
-        w->ready = FALSE;
+    if (zmq_getsockopt(w->zsock, ZMQ_EVENTS, &events, &len) < 0 || !(events & ZMQ_POLLIN))
         return;
-    }
-    w->ready = w->sock_fn(w->zsock, w->data);
+    if (w->sock_fn(w->zsock, w->data))
+        mark_ready(loop, w); /* it left messages behind: next iteration */
 }
 
-void herd_loop_iterate(HerdLoop *loop, int timeout_ms)
+/* Serve each watch that was ready when the round began once, in the order they were
+ * added. What becomes ready meanwhile waits in loop->ready for the next round, unless it
+ * is still to come in this one. */
+static void serve_round(HerdLoop *loop)
 {
-    struct epoll_event evs[64];
-    int wait = any_ready(loop) ? 0 : next_timeout_ms(loop, timeout_ms);
-    int n = epoll_wait(loop->epfd, evs, G_N_ELEMENTS(evs), wait);
-    if (n < 0 && errno != EINTR)
-        g_warning("epoll_wait failed: %s", g_strerror(errno));
-    for (int i = 0; i < n; i++)
-        ((Watch *)evs[i].data.ptr)->ready = TRUE;
-    loop->watches_changed = FALSE;
-    for (guint i = 0; i < loop->watches->len && !loop->quit && !loop->watches_changed; i++) {
-        Watch *w = loop->watches->pdata[i];
-        if (w->ready)
-            serve(w);
+    GPtrArray *round = loop->ready;
+    loop->ready = loop->round;
+    loop->round = round;
+    if (round->len > 1)
+        g_ptr_array_sort(round, by_order);
+    for (guint i = 0; i < round->len; i++) {
+        HerdWatch *w = round->pdata[i];
+        w->queued = FALSE;
+        if (loop->quit)
+            mark_ready(loop, w); /* for a later run */
+        else if (!w->removed)
+            serve(loop, w);
     }
+    g_ptr_array_set_size(round, 0);
+}
+
+gboolean herd_loop_iterate(HerdLoop *loop, int timeout_ms)
+{
+    struct epoll_event evs[EVENTS_PER_WAIT];
+    int wait = loop->ready->len > 0 ? 0 : next_timeout_ms(loop, timeout_ms);
+    int n = epoll_wait(loop->epfd, evs, G_N_ELEMENTS(evs), wait);
+    int wait_errno = errno;
+    for (int i = 0; i < n; i++)
+        mark_ready(loop, evs[i].data.ptr); /* removed ones (none yet: freed below) are skipped */
+    serve_round(loop);
     if (!loop->quit)
         run_due_timers(loop);
+    free_removed_watches(loop);
+    if (n < 0 && wait_errno != EINTR) {
+        errno = wait_errno;
+        return FALSE;
+    }
+    return TRUE;
 }
 
 int herd_loop_run(HerdLoop *loop)
 {
     loop->quit = FALSE;
     while (!loop->quit)
-        herd_loop_iterate(loop, -1);
+        if (!herd_loop_iterate(loop, -1))
+            g_warning("epoll_wait failed: %s", g_strerror(errno));
     return loop->status;
 }
 

@@ -2,11 +2,11 @@
  * controller (herdd or ipcontroller) and serve MUX, task, broadcast and control like
  * ipengine, publishing IOPub.
  *
- * One process runs --count N engines in one zmq_poll loop: each engine has its own
- * session (its uuid), registration DEALER, shell ROUTER, control ROUTER and heartbeat
- * DEALER, all with routing id = uuid (spec 4.2); the IOPub PUB and the heartbeat-ping SUB
- * are shared by all of them (the controller does not care which socket an IOPub message
- * or a ping came through).
+ * One process runs --count N engines in one event loop (libherd's, herd/loop.h): each
+ * engine has its own session (its uuid), registration DEALER, shell ROUTER, control ROUTER
+ * and heartbeat DEALER, all with routing id = uuid (spec 4.2); the IOPub PUB and the
+ * heartbeat-ping SUB are shared by all of them (the controller does not care which socket
+ * an IOPub message or a ping came through).
  *
  * Executors: "echo" answers at once with the request's buffers (for benchmarks);
  * "shell" runs an execute_request's code with /bin/sh -c, streams its stdout/stderr on
@@ -23,9 +23,9 @@
 #include <unistd.h>
 
 #include <herd/connfile.h>
+#include <herd/loop.h>
 #include <herd/wire.h>
 
-#include "evloop.h"
 #include "herd-tool.h"
 
 typedef enum { EXECUTOR_ECHO, EXECUTOR_SHELL } ExecutorKind;
@@ -50,7 +50,7 @@ typedef struct ShellJob {
     Request *request;
     GPid pid;
     int fds[2];          /* stdout, stderr; -1 after end of file */
-    EvWatch *watches[2];
+    HerdWatch *watches[2];
     GString *partial[2]; /* trailing bytes of an incomplete UTF-8 sequence */
     gint64 started_us;
     int exit_status;     /* from waitpid, valid once reaped */
@@ -73,7 +73,7 @@ struct Engine {
     EngineState state;
     gint64 registration_deadline_us;
     void *registration, *shell, *control, *heart;
-    EvWatch *w_registration, *w_shell, *w_control;
+    HerdWatch *w_registration, *w_shell, *w_control;
     PipeSource pipes[2];
     GQueue waiting; /* Request*: shell requests queued behind a running job */
     ShellJob *job;
@@ -88,8 +88,7 @@ struct EngineHost {
     void *iopub;   /* shared PUB */
     void *hb_sub;  /* shared SUB on hb_ping */
     GPtrArray *engines;
-    EvLoop *loop;
-    EvWatch *w_ping;
+    HerdLoop *loop;
     GQueue unregistered;   /* Engine*: not asked to register yet */
     GPtrArray *registering; /* Engine*: registration request sent, no reply yet */
     GPtrArray *reaping;     /* Engine*: command closed its pipes, waiting for its exit */
@@ -351,7 +350,7 @@ static void shell_close_pipe(Engine *e, int i)
     ShellJob *job = e->job;
     if (job->fds[i] < 0)
         return;
-    evloop_unwatch(e->host->loop, job->watches[i]);
+    herd_loop_remove_watch(e->host->loop, job->watches[i]);
     job->watches[i] = NULL;
     close(job->fds[i]);
     job->fds[i] = -1;
@@ -371,7 +370,7 @@ static void shell_job_free(Engine *e)
     e->job = NULL;
 }
 
-static void on_pipe_ready(gpointer data);
+static void on_pipe_ready(int fd, gpointer data);
 
 /* Run in the child between fork and exec: own process group, so a shutdown can stop the
  * whole pipeline the command started. */
@@ -396,7 +395,7 @@ static gboolean shell_start(Engine *e, Request *r, GError **err)
     for (int i = 0; i < 2; i++) {
         g_unix_set_fd_nonblocking(job->fds[i], TRUE, NULL);
         job->partial[i] = g_string_new(NULL);
-        job->watches[i] = evloop_watch_fd(e->host->loop, job->fds[i], on_pipe_ready, &e->pipes[i]);
+        job->watches[i] = herd_loop_add_fd(e->host->loop, job->fds[i], on_pipe_ready, &e->pipes[i]);
     }
     job->request = r;
     job->exit_status = -1;
@@ -728,20 +727,20 @@ static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *c
  * of a message that arrived meanwhile, so look at every socket we read again. */
 static void engine_recheck(Engine *e)
 {
-    EvLoop *loop = e->host->loop;
-    evloop_recheck(loop, e->w_registration);
-    evloop_recheck(loop, e->w_shell);
-    evloop_recheck(loop, e->w_control);
+    HerdLoop *loop = e->host->loop;
+    herd_loop_recheck(loop, e->w_registration);
+    herd_loop_recheck(loop, e->w_shell);
+    herd_loop_recheck(loop, e->w_control);
 }
 
-static void on_registration_ready(gpointer data);
+static gboolean on_registration_ready(void *sock, gpointer data);
 
 static void engine_send_registration(Engine *e)
 {
     EngineHost *h = e->host;
     e->registration = engine_socket(e, ZMQ_DEALER, e->uuid);
     connect_port(h, e->registration, h->ci.ports.registration);
-    e->w_registration = evloop_watch_socket(h->loop, e->registration, on_registration_ready, e);
+    e->w_registration = herd_loop_add_socket(h->loop, e->registration, on_registration_ready, e);
     e->state = ENGINE_REGISTERING;
     g_ptr_array_add(h->registering, e);
     JsonObject *c = json_object_new();
@@ -786,13 +785,13 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
 static void engine_registration_done(Engine *e)
 {
     g_ptr_array_remove(e->host->registering, e);
-    evloop_unwatch(e->host->loop, e->w_registration);
+    herd_loop_remove_watch(e->host->loop, e->w_registration);
     e->w_registration = NULL;
 }
 
-static void on_shell_ready(gpointer data);
-static void on_control_ready(gpointer data);
-static void on_ping_ready(gpointer data);
+static gboolean on_shell_ready(void *sock, gpointer data);
+static gboolean on_control_ready(void *sock, gpointer data);
+static gboolean on_ping_ready(void *sock, gpointer data);
 
 /* Registration accepted: connect the work channels, then the heart (the controller
  * announces the engine at its first heartbeat echo, so everything else must already be
@@ -807,17 +806,17 @@ static void engine_start(Engine *e, int id)
     connect_port(h, e->shell, h->ci.ports.task);
     if (h->ci.ports.n_broadcast_engine > 0)
         connect_port(h, e->shell, h->ci.ports.broadcast_engine[id % h->ci.ports.n_broadcast_engine]);
-    e->w_shell = evloop_watch_socket(h->loop, e->shell, on_shell_ready, e);
+    e->w_shell = herd_loop_add_socket(h->loop, e->shell, on_shell_ready, e);
     e->control = engine_socket(e, ZMQ_ROUTER, e->uuid);
     connect_port(h, e->control, h->ci.ports.control);
-    e->w_control = evloop_watch_socket(h->loop, e->control, on_control_ready, e);
+    e->w_control = herd_loop_add_socket(h->loop, e->control, on_control_ready, e);
     if (!h->iopub) {
         h->iopub = engine_socket(e, ZMQ_PUB, NULL);
         connect_port(h, h->iopub, h->ci.ports.iopub);
         h->hb_sub = engine_socket(e, ZMQ_SUB, NULL);
         zmq_setsockopt(h->hb_sub, ZMQ_SUBSCRIBE, "", 0);
         connect_port(h, h->hb_sub, h->ci.ports.hb_ping);
-        h->w_ping = evloop_watch_socket(h->loop, h->hb_sub, on_ping_ready, h);
+        herd_loop_add_socket(h->loop, h->hb_sub, on_ping_ready, h);
         h->last_ping_us = g_get_monotonic_time();
     }
     e->heart = engine_socket(e, ZMQ_DEALER, e->uuid);
@@ -835,8 +834,8 @@ static void engine_stop(Engine *e)
         g_queue_remove(&h->unregistered, e);
     if (e->state == ENGINE_REGISTERING)
         engine_registration_done(e);
-    evloop_unwatch(h->loop, e->w_shell);
-    evloop_unwatch(h->loop, e->w_control);
+    herd_loop_remove_watch(h->loop, e->w_shell);
+    herd_loop_remove_watch(h->loop, e->w_control);
     e->w_shell = e->w_control = NULL;
     shell_kill(e);
     Request *r;
@@ -880,44 +879,49 @@ static void on_registration_reply(Engine *e)
     request_free(r);
 }
 
-/* ---- readiness callbacks ---- */
+/* ---- readiness callbacks ----
+ * Each ends with engine_recheck(), which also covers the socket it served: the loop looks
+ * at it again, so the callbacks return FALSE (no need to be called again regardless). */
 
-static void on_registration_ready(gpointer data)
+static gboolean on_registration_ready(void *sock, gpointer data)
 {
+    (void)sock;
     Engine *e = data;
     on_registration_reply(e);
     engine_recheck(e);
+    return FALSE;
 }
 
 /* A bounded batch per callback, so one busy engine cannot starve the others. */
 #define BATCH 64
 
-static void on_shell_ready(gpointer data)
+/* Receive and handle up to BATCH requests from sock while the engine runs. */
+static void serve_requests(Engine *e, void *sock, void (*handle)(Engine *, Request *))
 {
-    Engine *e = data;
     for (int n = 0; n < BATCH && e->state == ENGINE_RUNNING; n++) {
-        Request *r = request_recv(e, e->shell);
+        Request *r = request_recv(e, sock);
         if (!r)
             break;
-        on_shell_request(e, r);
+        handle(e, r);
     }
     engine_recheck(e);
 }
 
-static void on_control_ready(gpointer data)
+static gboolean on_shell_ready(void *sock, gpointer data)
 {
-    Engine *e = data;
-    for (int n = 0; n < BATCH && e->state == ENGINE_RUNNING; n++) {
-        Request *r = request_recv(e, e->control);
-        if (!r)
-            break;
-        on_control_request(e, r);
-    }
-    engine_recheck(e);
+    serve_requests(data, sock, on_shell_request);
+    return FALSE;
 }
 
-static void on_pipe_ready(gpointer data)
+static gboolean on_control_ready(void *sock, gpointer data)
 {
+    serve_requests(data, sock, on_control_request);
+    return FALSE;
+}
+
+static void on_pipe_ready(int fd, gpointer data)
+{
+    (void)fd;
     PipeSource *p = data;
     if (p->engine->job)
         shell_read(p->engine, p->stream);
@@ -925,8 +929,9 @@ static void on_pipe_ready(gpointer data)
 }
 
 /* Every ping is echoed by every running engine's heart DEALER. */
-static void on_ping_ready(gpointer data)
+static gboolean on_ping_ready(void *sock, gpointer data)
 {
+    (void)sock;
     EngineHost *h = data;
     zmq_msg_t ping;
     zmq_msg_init(&ping);
@@ -939,6 +944,7 @@ static void on_ping_ready(gpointer data)
         }
     }
     zmq_msg_close(&ping);
+    return FALSE; /* received until EAGAIN */
 }
 
 /* ---- the loop ---- */
@@ -993,7 +999,7 @@ static void host_run(EngineHost *h)
 {
     while (!stop_requested && h->n_stopped < h->engines->len) {
         long timeout = check_timers(h);
-        if (!evloop_iterate(h->loop, timeout)) {
+        if (!herd_loop_iterate(h->loop, (int)timeout)) {
             g_critical("epoll_wait: %s", g_strerror(errno));
             h->exit_status = 1;
             break;
@@ -1111,7 +1117,7 @@ int herd_cmd_engine(int argc, char **argv)
     h.zctx = zmq_ctx_new();
     zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);
     h.engines = g_ptr_array_new();
-    h.loop = evloop_new();
+    h.loop = herd_loop_new();
     g_queue_init(&h.unregistered);
     h.registering = g_ptr_array_new();
     h.reaping = g_ptr_array_new();
@@ -1135,8 +1141,7 @@ int herd_cmd_engine(int argc, char **argv)
     for (guint i = 0; i < h.engines->len; i++)
         engine_free(h.engines->pdata[i]);
     g_ptr_array_free(h.engines, TRUE);
-    evloop_unwatch(h.loop, h.w_ping);
-    evloop_free(h.loop);
+    herd_loop_free(h.loop);
     g_queue_clear(&h.unregistered);
     g_ptr_array_free(h.registering, TRUE);
     g_ptr_array_free(h.reaping, TRUE);

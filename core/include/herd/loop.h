@@ -1,14 +1,20 @@
 /* herd — a single-threaded event loop: ZeroMQ sockets, plain fds, one-shot timers.
+ * herdd and `herd engine` (thousands of sockets in one process) both run on it.
  *
- * It waits in epoll on the sockets' ZMQ_FD and checks ZMQ_EVENTS only for sockets that
+ * It waits in epoll on the sockets' ZMQ_FD and looks (ZMQ_EVENTS) only at sockets that
  * may have input, so an iteration costs O(active sockets), not O(all sockets) as zmq_poll
  * does. The price is ZeroMQ's edge rule: a socket's FD may not signal input that arrived
  * before an operation on that socket. Hence:
  *  - a socket callback reads a bounded batch with ZMQ_DONTWAIT and returns TRUE if it
  *    stopped before EAGAIN (it is called again), FALSE once recv said EAGAIN;
  *  - code that sends on a watched socket outside that socket's own callback calls
- *    herd_loop_touch() so the socket is checked again before the loop sleeps.
+ *    herd_loop_touch() (or herd_loop_recheck() with the watch) so the socket is checked
+ *    again before the loop sleeps.
  * As a safety net every watched socket is re-checked whenever a timer fires.
+ *
+ * In one iteration every watch that may have input is served once, in the order the
+ * watches were added; then the due timers fire. Watches may be added and removed from
+ * inside any callback. The loop is not reentrant: never iterate it from a callback.
  */
 #pragma once
 
@@ -17,17 +23,29 @@
 G_BEGIN_DECLS
 
 typedef struct HerdLoop HerdLoop;
+/* One watched socket or fd; valid until removed (and, inside a callback, until the end of
+ * the current iteration). */
+typedef struct HerdWatch HerdWatch;
 typedef gboolean (*HerdSocketFn)(void *zsock, gpointer data);
 typedef void (*HerdFdFn)(int fd, gpointer data);
 typedef void (*HerdTimerFn)(gpointer data);
 
 HerdLoop *herd_loop_new(void);
+/* Frees the loop and its watches; closes neither the sockets nor the fds. */
 void herd_loop_free(HerdLoop *loop);
-void herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data);
+/* Watch a socket (one watch per socket); its callback is called once an input may be
+ * waiting, messages already queued included. */
+HerdWatch *herd_loop_add_socket(HerdLoop *loop, void *zsock, HerdSocketFn fn, gpointer data);
 void herd_loop_remove_socket(HerdLoop *loop, void *zsock);
 /* zsock was used (e.g. sent on): check it for input before sleeping. Unwatched: no-op. */
 void herd_loop_touch(HerdLoop *loop, void *zsock);
-void herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data);
+/* Watch a plain fd (level-triggered: fn is called while it is readable). Remove the watch
+ * before closing the fd. */
+HerdWatch *herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data);
+/* Stop watching a socket or fd; safe inside any callback, NULL is a no-op. */
+void herd_loop_remove_watch(HerdLoop *loop, HerdWatch *watch);
+/* herd_loop_touch() for a watch at hand (no lookup); NULL or a plain fd: no-op. */
+void herd_loop_recheck(HerdLoop *loop, HerdWatch *watch);
 /* One-shot timer; returns an id > 0. */
 guint herd_loop_timer_add(HerdLoop *loop, guint ms, HerdTimerFn fn, gpointer data);
 /* Same, deadline given in microseconds from now. */
@@ -38,8 +56,9 @@ guint herd_loop_timer_count(const HerdLoop *loop);
 gint64 herd_loop_now(const HerdLoop *loop);
 /* Run until herd_loop_quit; returns the status given to quit. */
 int herd_loop_run(HerdLoop *loop);
-/* Run one iteration, waiting at most timeout_ms (-1 = until something happens). */
-void herd_loop_iterate(HerdLoop *loop, int timeout_ms);
+/* Run one iteration, waiting at most timeout_ms (-1 = until something happens). Returns
+ * FALSE when waiting failed for another reason than an interrupting signal (errno set). */
+gboolean herd_loop_iterate(HerdLoop *loop, int timeout_ms);
 void herd_loop_quit(HerdLoop *loop, int status);
 gboolean herd_loop_quitting(const HerdLoop *loop);
 
