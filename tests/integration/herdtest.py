@@ -276,16 +276,38 @@ def descendants(pid):
         return []
 
 
-def kill_leftovers(procs, grace=5):
-    """Give these processes `grace` seconds to exit by themselves, then
-    SIGKILL the ones still running."""
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
+def still_running(proc):
+    """True while a psutil.Process runs. A zombie counts as gone: orphans are
+    reaped by PID 1, which may take its time."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def terminate_leftovers(procs, grace=3):
+    """SIGTERM these processes if still running, SIGKILL after `grace` seconds."""
+    for proc in procs:
         try:
-            proc.kill()
+            proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    kill_leftovers(procs, grace)
+
+
+def kill_leftovers(procs, grace=5):
+    """Give these processes `grace` seconds to exit, then SIGKILL the ones
+    still running."""
+    try:
+        wait_until(lambda: not any(still_running(p) for p in procs), grace, what="leftovers")
+    except TimeoutError:
+        pass
+    for proc in procs:
+        if still_running(proc):
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def engine_environment():
@@ -368,6 +390,14 @@ class Engine:
         except ProcessLookupError:
             pass
 
+    def terminate(self):
+        """SIGTERM to the engine's process group, without waiting."""
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout=10):
         """SIGTERM to the engine's group, bounded wait, SIGKILL; then make sure
         its nanny (in a session of its own) is gone too."""
@@ -379,17 +409,15 @@ class Engine:
         if nanny is not None and nanny not in family:
             family.append(nanny)
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 kill_group(self.proc.pid)  # not reaped yet: the group is still ours
                 self.proc.wait(timeout=10)
-        # The nanny exits by itself once its parent is gone.
-        kill_leftovers(family)
+        # The nanny reports its parent's exit at once but then takes seconds to
+        # wind down; nothing is left for it to do.
+        terminate_leftovers(family)
         if self.log_path in LIVE_LOGS:
             LIVE_LOGS.remove(self.log_path)
 
@@ -495,6 +523,8 @@ class Cluster:
                 engine.terminate()
             except Exception as exc:
                 problems.append(f"engine {engine.index} terminate failed: {exc!r}")
+        for engine in self.engines:
+            engine.terminate()  # all at once: they shut down in parallel
         for engine in self.engines:
             try:
                 engine.stop()
