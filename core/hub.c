@@ -85,13 +85,11 @@ static void mark_engine_state_stale(HerdController *ctl)
     ctl->engine_state_stale = TRUE;
 }
 
-static void write_engine_state(HerdController *ctl)
+/* {"<id>": "<uuid>", ...}: the registered engines, as connection_reply and the engine
+ * state file list them. */
+static JsonObject *registered_engines(HerdController *ctl)
 {
-    ctl->engine_state_stale = FALSE;
-    if (!ctl->engine_state_file)
-        return;
-    JsonObject *o, *engines = json_object_new();
-    JsonNode *n = new_object_node(&o);
+    JsonObject *engines = json_object_new();
     GHashTableIter it;
     gpointer key, val;
     g_hash_table_iter_init(&it, ctl->engines_by_id);
@@ -100,7 +98,17 @@ static void write_engine_state(HerdController *ctl)
         g_autofree char *id = g_strdup_printf("%d", e->pub.id);
         json_object_set_string_member(engines, id, e->uuid);
     }
-    json_object_set_object_member(o, "engines", engines);
+    return engines;
+}
+
+static void write_engine_state(HerdController *ctl)
+{
+    ctl->engine_state_stale = FALSE;
+    if (!ctl->engine_state_file)
+        return;
+    JsonObject *o;
+    JsonNode *n = new_object_node(&o);
+    json_object_set_object_member(o, "engines", registered_engines(ctl));
     json_object_set_int_member(o, "next_id", ctl->next_engine_id);
     gsize len;
     g_autofree char *text = herd_json_to_string(n, &len);
@@ -273,27 +281,25 @@ static void beat(gpointer data)
     schedule_beat(ctl);
 }
 
-gboolean herd_hub_on_pong(void *sock, gpointer data)
+/* One heartbeat echo: [engine heart id, token]. */
+static void count_pong(HerdFrames *f, gpointer data)
 {
     HerdController *ctl = data;
-    for (int i = 0; i < 1024; i++) {
-        HerdFrames f;
-        herd_frames_init(&f);
-        if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return FALSE;
-        if (f.n == 2) {
-            const char *tok = herd_frame_data(&f, 1);
-            gsize len = herd_frame_size(&f, 1);
-            gboolean current = len == strlen(ctl->ping_token) && memcmp(tok, ctl->ping_token, len) == 0;
-            gboolean late = len == strlen(ctl->prev_token) && len > 0 && memcmp(tok, ctl->prev_token, len) == 0;
-            if (current || late) {
-                /* a second echo in the same beat is simply counted once */
-                g_hash_table_add(ctl->responded, g_strndup(herd_frame_data(&f, 0), herd_frame_size(&f, 0)));
-            }
-        }
-        herd_frames_clear(&f);
+    if (f->n != 2)
+        return;
+    const char *tok = herd_frame_data(f, 1);
+    gsize len = herd_frame_size(f, 1);
+    gboolean current = len == strlen(ctl->ping_token) && memcmp(tok, ctl->ping_token, len) == 0;
+    gboolean late = len == strlen(ctl->prev_token) && len > 0 && memcmp(tok, ctl->prev_token, len) == 0;
+    if (current || late) {
+        /* a second echo in the same beat is simply counted once */
+        g_hash_table_add(ctl->responded, g_strndup(herd_frame_data(f, 0), herd_frame_size(f, 0)));
     }
-    return TRUE;
+}
+
+gboolean herd_hub_on_pong(void *sock, gpointer data)
+{
+    return herd_frames_recv_batch(sock, 1024, count_pong, data);
 }
 
 /* ---------------------------------------------------------------- registration & queries */
@@ -301,18 +307,10 @@ gboolean herd_hub_on_pong(void *sock, gpointer data)
 static void on_connection_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     (void)content;
-    JsonObject *o, *engines = json_object_new();
+    JsonObject *o;
     JsonNode *n = new_object_node(&o);
     json_object_set_string_member(o, "status", "ok");
-    GHashTableIter it;
-    gpointer key, val;
-    g_hash_table_iter_init(&it, ctl->engines_by_id);
-    while (g_hash_table_iter_next(&it, &key, &val)) {
-        Engine *e = val;
-        g_autofree char *id = g_strdup_printf("%d", e->pub.id);
-        json_object_set_string_member(engines, id, e->uuid);
-    }
-    json_object_set_object_member(o, "engines", engines);
+    json_object_set_object_member(o, "engines", registered_engines(ctl));
     herd_hub_reply(ctl, req, "connection_reply", n, NULL);
     json_node_unref(n);
 }
@@ -615,8 +613,9 @@ static const struct {
     { "stop_distributed_request", herd_hub_on_stop_distributed_request },
 };
 
-static void handle_query(HerdController *ctl, HerdFrames *f)
+static void handle_query(HerdFrames *f, gpointer data)
 {
+    HerdController *ctl = data;
     if (f->delim < 1 || !herd_frames_is_wire(f)) {
         herd_hub_drop(ctl, "registration", f->delim < 0 ? "no <IDS|MSG> delimiter"
                                            : f->delim == 0 ? "no routing identity"
@@ -659,16 +658,7 @@ static void handle_query(HerdController *ctl, HerdFrames *f)
 
 gboolean herd_hub_on_registration(void *sock, gpointer data)
 {
-    HerdController *ctl = data;
-    for (int i = 0; i < 256; i++) {
-        HerdFrames f;
-        herd_frames_init(&f);
-        if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return FALSE;
-        handle_query(ctl, &f);
-        herd_frames_clear(&f);
-    }
-    return TRUE;
+    return herd_frames_recv_batch(sock, 256, handle_query, data);
 }
 
 /* ---------------------------------------------------------------- iopub */

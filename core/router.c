@@ -651,20 +651,6 @@ static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char
 
 /* ---------------------------------------------------------------- relays */
 
-/* Receive up to RECV_BATCH messages from sock and hand each to fn; TRUE if more may wait. */
-static gboolean drain(void *sock, void (*fn)(Channel *, HerdFrames *), Channel *ch)
-{
-    for (int i = 0; i < RECV_BATCH; i++) {
-        HerdFrames f;
-        herd_frames_init(&f);
-        if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
-            return FALSE;
-        fn(ch, &f);
-        herd_frames_clear(&f);
-    }
-    return TRUE;
-}
-
 /* Signature, replay and layout checks shared by every relay. */
 static gboolean accept_message(HerdController *ctl, const char *where, HerdFrames *f, guint n_prefix)
 {
@@ -775,8 +761,9 @@ static void start_job(Channel *ch, HerdFrames *f)
     ch->ops->request(ch->sched, &job->pub);
 }
 
-static void on_client_request(Channel *ch, HerdFrames *f)
+static void on_client_request(HerdFrames *f, gpointer data)
 {
+    Channel *ch = data;
     HerdController *ctl = ch->ctl;
     gboolean named = ch->kind == CH_MUX || ch->kind == CH_CONTROL;
     if (!accept_message(ctl, ch->name, f, named ? 2 : 1))
@@ -793,8 +780,9 @@ void herd_router_submit_internal(HerdController *ctl, HerdFrames *msg)
     herd_frames_clear(msg);
 }
 
-static void on_engine_reply(Channel *ch, HerdFrames *f)
+static void on_engine_reply(HerdFrames *f, gpointer data)
 {
+    Channel *ch = data;
     HerdController *ctl = ch->ctl;
     if (!accept_message(ctl, ch->name, f, 2))
         return;
@@ -864,16 +852,17 @@ static void on_engine_reply(Channel *ch, HerdFrames *f)
 
 static gboolean on_client_sock(void *sock, gpointer data)
 {
-    return drain(sock, on_client_request, data);
+    return herd_frames_recv_batch(sock, RECV_BATCH, on_client_request, data);
 }
 
 static gboolean on_engine_sock(void *sock, gpointer data)
 {
-    return drain(sock, on_engine_reply, data);
+    return herd_frames_recv_batch(sock, RECV_BATCH, on_engine_reply, data);
 }
 
-static void on_iopub_msg(Channel *ch, HerdFrames *f)
+static void on_iopub_msg(HerdFrames *f, gpointer data)
 {
+    Channel *ch = data;
     HerdController *ctl = ch->ctl;
     if (!accept_message(ctl, "iopub", f, (guint)MAX(f->delim, 0)))
         return;
@@ -883,7 +872,7 @@ static void on_iopub_msg(Channel *ch, HerdFrames *f)
 
 static gboolean on_iopub(void *sock, gpointer data)
 {
-    return drain(sock, on_iopub_msg, data);
+    return herd_frames_recv_batch(sock, RECV_BATCH, on_iopub_msg, data);
 }
 
 /* ---------------------------------------------------------------- engines */

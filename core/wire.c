@@ -102,6 +102,19 @@ int herd_frames_recv(void *sock, HerdFrames *f, int flags)
     }
 }
 
+gboolean herd_frames_recv_batch(void *sock, guint max, HerdFramesFn fn, gpointer data)
+{
+    for (guint i = 0; i < max; i++) {
+        HerdFrames f;
+        herd_frames_init(&f);
+        if (herd_frames_recv(sock, &f, ZMQ_DONTWAIT) < 0)
+            return FALSE;
+        fn(&f, data);
+        herd_frames_clear(&f);
+    }
+    return TRUE;
+}
+
 int herd_frames_send(void *sock, HerdFrames *f)
 {
     for (guint i = 0; i < f->n; i++) {

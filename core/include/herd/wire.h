@@ -63,6 +63,13 @@ void herd_frames_clear(HerdFrames *f);
  * delimiter. Returns 0, or -1 with errno set (EAGAIN with ZMQ_DONTWAIT); on failure f holds
  * what it held before (an empty f owns no memory then). */
 int herd_frames_recv(void *sock, HerdFrames *f, int flags);
+/* Handed each message of a batch; it may take the frames (copy *f, then herd_frames_init(f)):
+ * what it leaves in f is cleared after it returns. */
+typedef void (*HerdFramesFn)(HerdFrames *f, gpointer data);
+/* The body of a socket callback (herd/loop.h): receive up to max messages without waiting,
+ * handing each to fn. Returns TRUE if it stopped at max (more may wait), FALSE once a
+ * receive failed (EAGAIN: nothing left). */
+gboolean herd_frames_recv_batch(void *sock, guint max, HerdFramesFn fn, gpointer data);
 /* Send every frame; on success f is left empty. Returns 0 or -1 with errno. */
 int herd_frames_send(void *sock, HerdFrames *f);
 void herd_frames_push(HerdFrames *f, const void *data, gsize len);         /* copy */
