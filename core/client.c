@@ -251,13 +251,11 @@ static void apply_notification(HerdClient *c, HerdClientMsg *m)
 
 /* ---- sockets ---- */
 
-/* The bind-all interfaces ("*" and 0.0.0.0); a local peer reaches them on
- * loopback (spec 3.8). */
-static char *connect_url(const char *interface, int port)
+/* Report a failure of libherd's connection-file helpers as a client error. */
+static void set_client_error(GError **err, int code, GError *local)
 {
-    if (g_str_equal(interface, "tcp://*") || g_str_equal(interface, "tcp://0.0.0.0"))
-        interface = "tcp://127.0.0.1";
-    return g_strdup_printf("%s:%d", interface, port);
+    g_set_error_literal(err, HERD_CLIENT_ERROR, code, local->message);
+    g_error_free(local);
 }
 
 static void *open_socket(HerdClient *c, int type, const HerdConnInfo *ci, int port, GError **err)
@@ -273,18 +271,10 @@ static void *open_socket(HerdClient *c, int type, const HerdConnInfo *ci, int po
     zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
     if (type == ZMQ_SUB)
         zmq_setsockopt(s, ZMQ_SUBSCRIBE, "", 0);
-    if (ci->curve_serverkey && *ci->curve_serverkey) {
-        /* CurveZMQ: the server key from the file, a throw-away key pair for us. */
-        char pub[41], sec[41];
-        zmq_curve_keypair(pub, sec);
-        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, ci->curve_serverkey, 40);
-        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, 40);
-        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, 40);
-    }
-    g_autofree char *url = connect_url(ci->interface, port);
-    if (zmq_connect(s, url) != 0) {
-        g_set_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_ZMQ, "cannot connect to %s: %s", url,
-                    zmq_strerror(errno));
+    herd_conninfo_secure_socket(ci, s);
+    GError *local = NULL;
+    if (!herd_conninfo_connect(ci, s, port, &local)) {
+        set_client_error(err, HERD_CLIENT_ERROR_ZMQ, local);
         zmq_close(s);
         return NULL;
     }
@@ -322,22 +312,27 @@ guint herd_client_pollitems(HerdClient *c, zmq_pollitem_t *items, guint max_item
 
 /* ---- receiving ---- */
 
-/* Receive one message from socket `index`. Returns NULL with *empty set when there was
- * none, and NULL alone when the message is not for the caller (rejected, malformed,
- * someone else's IOPub, a stray query reply). */
-static HerdClientMsg *receive_from(HerdClient *c, guint index, gboolean *empty)
+/* A received message, verified and parsed; it takes the frames. NULL (and counted as
+ * rejected) when the signature or the layout is wrong. */
+static HerdClientMsg *msg_take(HerdClient *c, HerdFrames *f)
 {
     HerdClientMsg *m = g_new0(HerdClientMsg, 1);
-    herd_frames_init(&m->frames);
+    m->frames = *f;
+    herd_frames_init(f);
     m->engine_id = -1;
-    *empty = herd_frames_recv(c->socks[index], &m->frames, ZMQ_DONTWAIT) != 0;
-    if (*empty)
-        goto drop;
     if (!herd_frames_is_wire(&m->frames) || herd_session_verify(c->session, &m->frames) != HERD_VERIFY_OK ||
         !msg_parse(m)) {
         c->rejected++;
-        goto drop;
+        herd_client_msg_free(m);
+        return NULL;
     }
+    return m;
+}
+
+/* What a message received on socket `index` means to the caller. NULL (m is freed) when
+ * it is not for the caller: someone else's IOPub, a stray query reply. */
+static HerdClientMsg *classify(HerdClient *c, guint index, HerdClientMsg *m)
+{
     switch (index) {
     case SOCK_NOTIFICATION:
         m->kind = HERD_MSG_NOTIFICATION;
@@ -385,6 +380,24 @@ drop:
  * system call per message under load, and the cap keeps the sockets taking turns. */
 #define RECV_BATCH 64
 
+typedef struct Incoming {
+    HerdClient *c;
+    guint index; /* the socket */
+} Incoming;
+
+/* Queue a received message for the caller, then any replies it made fail. */
+static void hold_incoming(HerdFrames *f, gpointer data)
+{
+    Incoming *in = data;
+    HerdClient *c = in->c;
+    HerdClientMsg *m = msg_take(c, f);
+    if (m && (m = classify(c, in->index, m)))
+        g_queue_push_tail(&c->held, m);
+    HerdClientMsg *failed;
+    while ((failed = g_queue_pop_head(&c->failed)))
+        g_queue_push_tail(&c->held, failed);
+}
+
 /* Poll every socket once for up to timeout_ms and queue what arrived in c->held; returns
  * the first queued message for the caller, or NULL. */
 static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
@@ -401,15 +414,8 @@ static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
         guint i = (c->next_sock + k) % N_SOCKS;
         if (!(items[i].revents & ZMQ_POLLIN))
             continue;
-        gboolean empty = FALSE;
-        for (guint n = 0; n < RECV_BATCH && !empty; n++) {
-            HerdClientMsg *m = receive_from(c, i, &empty);
-            if (m)
-                g_queue_push_tail(&c->held, m);
-            HerdClientMsg *failed;
-            while ((failed = g_queue_pop_head(&c->failed)))
-                g_queue_push_tail(&c->held, failed);
-        }
+        Incoming in = { c, i };
+        herd_frames_recv_batch(c->socks[i], RECV_BATCH, hold_incoming, &in);
     }
     c->next_sock = (c->next_sock + 1) % N_SOCKS;
     return g_queue_pop_head(&c->held);
@@ -502,13 +508,10 @@ static gboolean fetch_engines(HerdClient *c, int timeout_ms, GError **err)
                         "the controller did not answer the connection request within %d ms", timeout_ms);
             return FALSE;
         }
-        HerdClientMsg *m = g_new0(HerdClientMsg, 1);
-        herd_frames_init(&m->frames);
-        gboolean ours = herd_frames_recv(c->socks[SOCK_QUERY], &m->frames, ZMQ_DONTWAIT) == 0 &&
-                        herd_frames_is_wire(&m->frames) &&
-                        herd_session_verify(c->session, &m->frames) == HERD_VERIFY_OK && msg_parse(m) &&
-                        g_strcmp0(herd_json_str(m->parent_header, "msg_id"), msg_id) == 0;
-        if (!ours) {
+        herd_frames_init(&f);
+        HerdClientMsg *m = herd_frames_recv(c->socks[SOCK_QUERY], &f, ZMQ_DONTWAIT) == 0 ? msg_take(c, &f) : NULL;
+        herd_frames_clear(&f);
+        if (!m || g_strcmp0(herd_json_str(m->parent_header, "msg_id"), msg_id) != 0) {
             herd_client_msg_free(m);
             continue;
         }
@@ -535,13 +538,10 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
 {
     HerdConnInfo ci = { 0 };
     GError *local = NULL;
-    if (!herd_connfile_read(connfile, "client", &ci, &local)) {
-        g_set_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_CONNFILE, "%s: %s", connfile, local->message);
-        g_error_free(local);
+    if (!herd_connfile_read_peer(connfile, "client", "the herd client", &ci, &local)) {
+        set_client_error(err, HERD_CLIENT_ERROR_CONNFILE, local); /* the message names the file */
         return NULL;
     }
-    if (ci.ssh && *ci.ssh)
-        g_warning("%s asks for an SSH tunnel (%s); the herd client connects directly", connfile, ci.ssh);
     HerdClient *c = g_new0(HerdClient, 1);
     c->engine_uuid_by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     c->engine_id_by_uuid = g_hash_table_new(g_str_hash, g_str_equal);
@@ -551,8 +551,7 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
     g_queue_init(&c->held);
     g_queue_init(&c->failed);
     c->zctx = zmq_ctx_new();
-    c->session = herd_session_new(ci.key ? ci.key : "", ci.signature_scheme ? ci.signature_scheme : "hmac-sha256",
-                                  NULL, err);
+    c->session = herd_session_new(ci.key, ci.signature_scheme, NULL, err);
     gboolean ok = c->session && open_sockets(c, &ci, err) &&
                   fetch_engines(c, timeout_ms > 0 ? timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS, err);
     herd_conninfo_clear(&ci);

@@ -12,6 +12,7 @@
 #include <json-glib/json-glib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zmq.h>
 
 #define MAX_PORT 65535
 
@@ -378,6 +379,44 @@ gboolean herd_connfile_read(const char *path, const char *side, HerdConnInfo *ci
     FileReader reader = {path, json_node_get_object(root)};
     if (!read_fields(&reader, side, ci, err)) {
         herd_conninfo_clear(ci);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* ---- the peers' side ---- */
+
+gboolean herd_connfile_read_peer(const char *path, const char *side, const char *who, HerdConnInfo *ci,
+                                 GError **err)
+{
+    if (!herd_connfile_read(path, side, ci, err))
+        return FALSE;
+    if (ci->ssh && *ci->ssh)
+        g_warning("%s asks for an SSH tunnel (%s); %s connects directly", path, ci->ssh, who);
+    return TRUE;
+}
+
+void herd_conninfo_secure_socket(const HerdConnInfo *ci, void *zsock)
+{
+    if (!ci->curve_serverkey || !*ci->curve_serverkey)
+        return;
+    char public_key[41], secret_key[41];
+    zmq_curve_keypair(public_key, secret_key);
+    zmq_setsockopt(zsock, ZMQ_CURVE_SERVERKEY, ci->curve_serverkey, 40);
+    zmq_setsockopt(zsock, ZMQ_CURVE_PUBLICKEY, public_key, 40);
+    zmq_setsockopt(zsock, ZMQ_CURVE_SECRETKEY, secret_key, 40);
+}
+
+gboolean herd_conninfo_connect(const HerdConnInfo *ci, void *zsock, int port, GError **err)
+{
+    const char *interface = ci->interface;
+    if (g_str_equal(interface, "tcp://*") || g_str_equal(interface, "tcp://0.0.0.0"))
+        interface = "tcp://127.0.0.1";
+    g_autofree char *url = g_strdup_printf("%s:%d", interface, port);
+    if (zmq_connect(zsock, url) != 0) {
+        int saved = errno;
+        g_set_error(err, G_IO_ERROR, g_io_error_from_errno(saved), "cannot connect to %s: %s", url,
+                    zmq_strerror(saved));
         return FALSE;
     }
     return TRUE;

@@ -121,15 +121,12 @@ static void request_free(Request *r)
     g_free(r);
 }
 
-/* Receive, verify and parse one message; NULL when there is none or it is rejected. */
-static Request *request_recv(Engine *e, void *sock)
+/* Verify and parse a received message, taking its frames; NULL when it is rejected. */
+static Request *request_take(Engine *e, HerdFrames *frames)
 {
     Request *r = g_new0(Request, 1);
-    herd_frames_init(&r->frames);
-    if (herd_frames_recv(sock, &r->frames, ZMQ_DONTWAIT) != 0) {
-        request_free(r);
-        return NULL;
-    }
+    r->frames = *frames;
+    herd_frames_init(frames);
     HerdVerify v = herd_frames_is_wire(&r->frames) ? herd_session_verify(e->session, &r->frames) : HERD_VERIFY_MALFORMED;
     if (v != HERD_VERIFY_OK) {
         g_warning("engine %d: dropping message: %s", e->id, herd_verify_str(v));
@@ -272,20 +269,12 @@ static void publish_stream(Engine *e, const Request *r, const char *name, const 
 /* Error content as an engine sends it: engine_info names this engine. */
 static JsonNode *engine_error(Engine *e, const char *ename, const char *evalue, const char *method)
 {
-    JsonObject *c = json_object_new();
-    json_object_set_string_member(c, "status", "error");
-    JsonArray *tb = json_array_new();
-    g_autofree char *line = g_strdup_printf("%s: %s\n", ename, evalue);
-    json_array_add_string_element(tb, line);
-    json_object_set_array_member(c, "traceback", tb);
-    json_object_set_string_member(c, "ename", ename);
-    json_object_set_string_member(c, "evalue", evalue);
-    JsonObject *info = json_object_new();
+    JsonNode *content = herd_error_content(ename, evalue);
+    JsonObject *info = json_object_get_object_member(json_node_get_object(content), "engine_info");
     json_object_set_string_member(info, "engine_uuid", e->uuid);
     json_object_set_int_member(info, "engine_id", e->id);
     json_object_set_string_member(info, "method", method);
-    json_object_set_object_member(c, "engine_info", info);
-    return object_node(c);
+    return content;
 }
 
 static JsonNode *status_content(const char *status)
@@ -313,6 +302,17 @@ static char *reply_type_for(const char *request_type)
         return g_strconcat(request_type, "_reply", NULL);
     g_autofree char *base = g_strndup(request_type, (gsize)(suffix - request_type));
     return g_strconcat(base, "_reply", NULL);
+}
+
+/* The same answer on shell and control, as ipykernel gives. */
+static void send_kernel_info(Engine *e, void *sock, const Request *r)
+{
+    JsonObject *c = json_object_new();
+    json_object_set_string_member(c, "status", "ok");
+    json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
+    json_object_set_string_member(c, "implementation", "herd");
+    json_object_set_string_member(c, "implementation_version", "0.1.0");
+    send_reply(e, sock, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
 }
 
 /* ---- executors ---- */
@@ -538,12 +538,7 @@ static void dispatch_shell(Engine *e, Request *r)
         return;
     }
     if (g_str_equal(r->msg_type, "kernel_info_request")) {
-        JsonObject *c = json_object_new();
-        json_object_set_string_member(c, "status", "ok");
-        json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
-        json_object_set_string_member(c, "implementation", "herd");
-        json_object_set_string_member(c, "implementation_version", "0.1.0");
-        send_reply(e, e->shell, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
+        send_kernel_info(e, e->shell, r);
         request_free(r);
         return;
     }
@@ -611,15 +606,6 @@ static void control_shutdown(Engine *e, Request *r)
     engine_stop(e);
 }
 
-static void control_kernel_info(Engine *e, Request *r)
-{
-    JsonObject *c = json_object_new();
-    json_object_set_string_member(c, "status", "ok");
-    json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
-    json_object_set_string_member(c, "implementation", "herd");
-    send_reply(e, e->control, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
-}
-
 /* Signal number from an int or a name ("SIGINT" or "INT"); 0 when unknown. */
 static int signal_from_json(JsonNode *sig)
 {
@@ -671,7 +657,7 @@ static void on_control_request(Engine *e, Request *r)
     else if (g_str_equal(r->msg_type, "shutdown_request"))
         control_shutdown(e, r);
     else if (g_str_equal(r->msg_type, "kernel_info_request"))
-        control_kernel_info(e, r);
+        send_kernel_info(e, e->control, r);
     else if (g_str_equal(r->msg_type, "signal_request"))
         control_signal(e, r, signal_from_json(json_object_get_member(request_content(r), "sig")));
     else if (g_str_equal(r->msg_type, "interrupt_request"))
@@ -693,25 +679,15 @@ static void *engine_socket(Engine *e, int type, const char *routing_id)
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     if (routing_id)
         zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
-    HerdConnInfo *ci = &e->host->ci;
-    if (ci->curve_serverkey && *ci->curve_serverkey) {
-        char pub[41], sec[41];
-        zmq_curve_keypair(pub, sec);
-        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, ci->curve_serverkey, 40);
-        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, 40);
-        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, 40);
-    }
+    herd_conninfo_secure_socket(&e->host->ci, s);
     return s;
 }
 
 static void connect_port(EngineHost *h, void *s, int port)
 {
-    const char *interface = h->ci.interface;
-    if (g_str_equal(interface, "tcp://*") || g_str_equal(interface, "tcp://0.0.0.0"))
-        interface = "tcp://127.0.0.1";
-    g_autofree char *url = g_strdup_printf("%s:%d", interface, port);
-    if (zmq_connect(s, url) != 0)
-        g_warning("cannot connect to %s: %s", url, zmq_strerror(errno));
+    g_autoptr(GError) err = NULL;
+    if (!herd_conninfo_connect(&h->ci, s, port, &err))
+        g_warning("%s", err->message);
 }
 
 static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *content)
@@ -765,7 +741,7 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
 {
     Engine *e = g_new0(Engine, 1);
     e->host = h;
-    e->session = herd_session_new(h->ci.key ? h->ci.key : "", h->ci.signature_scheme, NULL, err);
+    e->session = herd_session_new(h->ci.key, h->ci.signature_scheme, NULL, err);
     if (!e->session) {
         g_free(e);
         return NULL;
@@ -858,13 +834,16 @@ static void engine_free(Engine *e)
     g_free(e);
 }
 
-static void on_registration_reply(Engine *e)
+static void on_registration_reply(HerdFrames *f, gpointer data)
 {
-    Request *r = request_recv(e, e->registration);
+    Engine *e = data;
+    if (e->state != ENGINE_REGISTERING)
+        return;
+    Request *r = request_take(e, f);
     if (!r)
         return;
     JsonObject *c = request_content(r);
-    if (e->state == ENGINE_REGISTERING && g_str_equal(r->msg_type, "registration_reply")) {
+    if (g_str_equal(r->msg_type, "registration_reply")) {
         if (g_strcmp0(herd_json_str(c, "status"), "ok") == 0) {
             int period = (int)herd_json_int(c, "hb_period", 3000);
             e->host->hb_period_ms = period > 0 ? period : 3000;
@@ -880,43 +859,49 @@ static void on_registration_reply(Engine *e)
 }
 
 /* ---- readiness callbacks ----
- * Each ends with engine_recheck(), which also covers the socket it served: the loop looks
- * at it again, so the callbacks return FALSE (no need to be called again regardless). */
-
-static gboolean on_registration_ready(void *sock, gpointer data)
-{
-    (void)sock;
-    Engine *e = data;
-    on_registration_reply(e);
-    engine_recheck(e);
-    return FALSE;
-}
+ * Each ends with engine_recheck(): whatever an engine received, it may have sent on any of
+ * its sockets meanwhile. */
 
 /* A bounded batch per callback, so one busy engine cannot starve the others. */
 #define BATCH 64
 
-/* Receive and handle up to BATCH requests from sock while the engine runs. */
-static void serve_requests(Engine *e, void *sock, void (*handle)(Engine *, Request *))
+/* Receive up to BATCH messages from sock, handing each to on_message. */
+static gboolean serve_socket(Engine *e, void *sock, HerdFramesFn on_message)
 {
-    for (int n = 0; n < BATCH && e->state == ENGINE_RUNNING; n++) {
-        Request *r = request_recv(e, sock);
-        if (!r)
-            break;
-        handle(e, r);
-    }
+    gboolean more = herd_frames_recv_batch(sock, BATCH, on_message, e);
     engine_recheck(e);
+    return more;
+}
+
+static gboolean on_registration_ready(void *sock, gpointer data)
+{
+    return serve_socket(data, sock, on_registration_reply);
+}
+
+static void on_shell_message(HerdFrames *f, gpointer data)
+{
+    Engine *e = data;
+    Request *r = e->state == ENGINE_RUNNING ? request_take(e, f) : NULL;
+    if (r)
+        on_shell_request(e, r);
+}
+
+static void on_control_message(HerdFrames *f, gpointer data)
+{
+    Engine *e = data;
+    Request *r = e->state == ENGINE_RUNNING ? request_take(e, f) : NULL;
+    if (r)
+        on_control_request(e, r);
 }
 
 static gboolean on_shell_ready(void *sock, gpointer data)
 {
-    serve_requests(data, sock, on_shell_request);
-    return FALSE;
+    return serve_socket(data, sock, on_shell_message);
 }
 
 static gboolean on_control_ready(void *sock, gpointer data)
 {
-    serve_requests(data, sock, on_control_request);
-    return FALSE;
+    return serve_socket(data, sock, on_control_message);
 }
 
 static void on_pipe_ready(int fd, gpointer data)
@@ -1106,13 +1091,11 @@ int herd_cmd_engine(int argc, char **argv)
 
     EngineHost h = { .executor = kind, .registration_timeout_ms = (int)(timeout * 1000),
                      .hb_max_misses = hb_misses, .hb_period_ms = 3000 };
-    if (!herd_connfile_read(file, "engine", &h.ci, &err)) {
-        fprintf(stderr, "herd engine: %s: %s\n", file, err->message);
+    if (!herd_connfile_read_peer(file, "engine", "herd engine", &h.ci, &err)) {
+        fprintf(stderr, "herd engine: %s\n", err->message); /* the message names the file */
         g_error_free(err);
         return 1;
     }
-    if (h.ci.ssh && *h.ci.ssh)
-        g_warning("the connection file asks for an SSH tunnel (%s); herd engine connects directly", h.ci.ssh);
     raise_fd_limit();
     h.zctx = zmq_ctx_new();
     zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);

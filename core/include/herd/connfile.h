@@ -46,4 +46,16 @@ gboolean herd_connfile_write(const char *path, const char *side, const HerdConnI
 /* Read one file back (for --reuse and tests). */
 gboolean herd_connfile_read(const char *path, const char *side, HerdConnInfo *ci, GError **err);
 
+/* For the controller's peers, the native client and `herd engine`. */
+/* herd_connfile_read, then a warning naming `who` if the file asks for an SSH tunnel: the
+ * native peers connect directly. */
+gboolean herd_connfile_read_peer(const char *path, const char *side, const char *who, HerdConnInfo *ci,
+                                 GError **err);
+/* When the file names a CurveZMQ server key, make zsock a Curve client of it with a fresh
+ * key pair. Call before connecting. */
+void herd_conninfo_secure_socket(const HerdConnInfo *ci, void *zsock);
+/* Connect zsock to port on the file's interface; a bind-all interface (host "*" or
+ * 0.0.0.0) is reached on loopback (spec 3.8). */
+gboolean herd_conninfo_connect(const HerdConnInfo *ci, void *zsock, int port, GError **err);
+
 G_END_DECLS
