@@ -634,9 +634,9 @@ static void json_double(JsonBuilder *b, const char *name, double v)
         json_builder_add_double_value(b, v);
 }
 
-static void json_channel(JsonBuilder *b, const ChannelResult *r)
+/* What names a row: "channel" and "scheme" (null where no scheme applies). */
+static void json_channel_name(JsonBuilder *b, const ChannelResult *r)
 {
-    json_builder_begin_object(b);
     json_builder_set_member_name(b, "channel");
     json_builder_add_string_value(b, r->channel);
     json_builder_set_member_name(b, "scheme");
@@ -644,6 +644,12 @@ static void json_channel(JsonBuilder *b, const ChannelResult *r)
         json_builder_add_string_value(b, r->scheme);
     else
         json_builder_add_null_value(b);
+}
+
+static void json_channel(JsonBuilder *b, const ChannelResult *r)
+{
+    json_builder_begin_object(b);
+    json_channel_name(b, r);
     json_builder_set_member_name(b, "requests");
     json_builder_add_int_value(b, (gint64)r->requests);
     json_builder_set_member_name(b, "tasks");
@@ -686,13 +692,7 @@ static void json_ratios(JsonBuilder *b, const RunResult *fast, const RunResult *
         if (!s)
             continue;
         json_builder_begin_object(b);
-        json_builder_set_member_name(b, "channel");
-        json_builder_add_string_value(b, a->channel);
-        json_builder_set_member_name(b, "scheme");
-        if (a->scheme)
-            json_builder_add_string_value(b, a->scheme);
-        else
-            json_builder_add_null_value(b);
+        json_channel_name(b, a);
         json_double(b, "throughput", safe_ratio(a->tasks_per_s, s->tasks_per_s));
         json_double(b, "p50_latency", safe_ratio(s->p50_ms, a->p50_ms));
         json_double(b, "cpu_per_task", safe_ratio(s->cpu_us_per_task, a->cpu_us_per_task));
