@@ -291,27 +291,25 @@ static void test_timer_rechecks_every_socket(void)
     pair_close(&p);
 }
 
-/* 1000 socket pairs (2000 sockets in the process, 1000 watched): each watched socket gets
- * its messages, one at a time and all at once. */
+/* Up to 1000 socket pairs (2000 sockets in the process, 1000 watched; fewer if the
+ * open-file limit is low: each socket holds a descriptor): each watched socket gets its
+ * messages, one at a time and all at once. */
 static void test_thousand_sockets(void)
 {
-    enum { N = 1000 };
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (rl.rlim_cur < 3 * N) {
-        g_test_skip("the open-file limit is too low for 2000 sockets");
-        return;
-    }
+    const guint N = (guint)MIN(1000, (rl.rlim_cur - 64) / 2);
+    g_assert_cmpuint(N, >=, 400);
     Pair *p = g_new(Pair, N);
     Reader *r = g_new(Reader, N);
     HerdLoop *loop = herd_loop_new();
     guint total = 0;
-    for (int i = 0; i < N; i++) {
-        g_autofree char *name = g_strdup_printf("many-%d", i);
+    for (guint i = 0; i < N; i++) {
+        g_autofree char *name = g_strdup_printf("many-%u", i);
         pair_open(&p[i], name);
         r[i] = reader_watch(loop, p[i].b, 16);
         herd_loop_add_socket(loop, p[i].b, on_readable, &r[i]);
@@ -325,18 +323,18 @@ static void test_thousand_sockets(void)
         g_assert_cmpuint(r[i].received, ==, before + 1);
     }
     /* Then all at once. */
-    for (int i = 0; i < N; i++)
+    for (guint i = 0; i < N; i++)
         send_x(p[i].a);
     gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
     do {
         herd_loop_iterate(loop, 50);
         total = 0;
-        for (int i = 0; i < N; i++)
+        for (guint i = 0; i < N; i++)
             total += r[i].received;
     } while (total < 2000 + N && g_get_monotonic_time() < deadline);
     g_assert_cmpuint(total, ==, 2000 + N);
     herd_loop_free(loop);
-    for (int i = 0; i < N; i++)
+    for (guint i = 0; i < N; i++)
         pair_close(&p[i]);
     g_free(p);
     g_free(r);
