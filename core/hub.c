@@ -228,13 +228,21 @@ static void schedule_beat(HerdController *ctl)
     herd_loop_timer_add(ctl->loop, (guint)ctl->cfg->ping_ms, beat, ctl);
 }
 
+static gint cmp_engine_id(gconstpointer a, gconstpointer b)
+{
+    const Engine *x = *(Engine *const *)a, *y = *(Engine *const *)b;
+    return x->pub.id < y->pub.id ? -1 : (x->pub.id > y->pub.id);
+}
+
 static void beat(gpointer data)
 {
     HerdController *ctl = data;
     GHashTableIter it;
     gpointer key, val;
 
-    /* new hearts: complete pending registrations */
+    /* new hearts: complete pending registrations, lowest id first (clients, 7.1's under
+     * scheme "pure" especially, expect ids to appear in order) */
+    GPtrArray *ready = g_ptr_array_new();
     g_hash_table_iter_init(&it, ctl->responded);
     while (g_hash_table_iter_next(&it, &key, &val)) {
         if (g_hash_table_contains(ctl->hearts, key))
@@ -242,10 +250,14 @@ static void beat(gpointer data)
         g_hash_table_insert(ctl->hearts, g_strdup(key), GINT_TO_POINTER(0));
         Engine *e = g_hash_table_lookup(ctl->engines_by_uuid, key);
         if (e && !e->registered)
-            complete_registration(ctl, e);
+            g_ptr_array_add(ready, e);
         else if (!e)
             g_debug("heartbeat from unknown heart %s", (const char *)key);
     }
+    g_ptr_array_sort(ready, cmp_engine_id);
+    for (guint i = 0; i < ready->len; i++)
+        complete_registration(ctl, ready->pdata[i]);
+    g_ptr_array_free(ready, TRUE);
     /* missed beats */
     GPtrArray *stopped = g_ptr_array_new_with_free_func(g_free);
     g_hash_table_iter_init(&it, ctl->hearts);
