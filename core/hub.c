@@ -554,15 +554,25 @@ static GPtrArray *resolve_targets(HerdController *ctl, JsonNode *tn, char **erro
     return out;
 }
 
-static void on_queue_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
+/* The engines a queue_request or load_request names in "targets"; NULL once it answered
+ * hub_error (IndexError) for a target that is not registered. */
+static GPtrArray *query_targets(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     g_autofree char *error = NULL;
     GPtrArray *engines = resolve_targets(ctl, json_object_get_member(content, "targets"), &error);
     if (error) {
         herd_hub_reply_error(ctl, req, "hub_error", "IndexError", error);
         g_ptr_array_free(engines, TRUE);
-        return;
+        return NULL;
     }
+    return engines;
+}
+
+static void on_queue_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
+{
+    GPtrArray *engines = query_targets(ctl, req, content);
+    if (!engines)
+        return;
     gboolean verbose = herd_json_bool(content, "verbose", FALSE);
     JsonObject *o;
     JsonNode *n = new_object_node(&o);
@@ -584,13 +594,9 @@ static void on_queue_request(HerdController *ctl, const HerdFrames *req, JsonObj
 
 static void on_load_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
-    g_autofree char *error = NULL;
-    GPtrArray *engines = resolve_targets(ctl, json_object_get_member(content, "targets"), &error);
-    if (error) {
-        herd_hub_reply_error(ctl, req, "hub_error", "IndexError", error);
-        g_ptr_array_free(engines, TRUE);
+    GPtrArray *engines = query_targets(ctl, req, content);
+    if (!engines)
         return;
-    }
     JsonObject *o;
     JsonNode *n = new_object_node(&o);
     json_object_set_string_member(o, "status", "ok");
