@@ -634,16 +634,20 @@ static void json_double(JsonBuilder *b, const char *name, double v)
         json_builder_add_double_value(b, v);
 }
 
+static void json_string_or_null(JsonBuilder *b, const char *name, const char *v)
+{
+    json_builder_set_member_name(b, name);
+    if (v)
+        json_builder_add_string_value(b, v);
+    else
+        json_builder_add_null_value(b);
+}
+
 /* What names a row: "channel" and "scheme" (null where no scheme applies). */
 static void json_channel_name(JsonBuilder *b, const ChannelResult *r)
 {
-    json_builder_set_member_name(b, "channel");
-    json_builder_add_string_value(b, r->channel);
-    json_builder_set_member_name(b, "scheme");
-    if (r->scheme)
-        json_builder_add_string_value(b, r->scheme);
-    else
-        json_builder_add_null_value(b);
+    json_string_or_null(b, "channel", r->channel);
+    json_string_or_null(b, "scheme", r->scheme);
 }
 
 static void json_channel(JsonBuilder *b, const ChannelResult *r)
@@ -729,11 +733,7 @@ static void print_json(const BenchConfig *cfg, GPtrArray *runs)
         json_builder_add_string_value(b, run->label);
         json_builder_set_member_name(b, "command");
         json_builder_add_string_value(b, run->command);
-        json_builder_set_member_name(b, "error");
-        if (run->error)
-            json_builder_add_string_value(b, run->error);
-        else
-            json_builder_add_null_value(b);
+        json_string_or_null(b, "error", run->error);
         json_builder_set_member_name(b, "channels");
         json_builder_begin_array(b);
         for (guint k = 0; k < run->channels->len; k++)
