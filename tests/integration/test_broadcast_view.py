@@ -8,6 +8,7 @@ import pytest
 from ipyparallel import interactive
 from ipyparallel.error import CompositeError, RemoteError
 
+import herdtest
 from conftest import module_cluster
 
 ENGINES = 3
@@ -73,6 +74,9 @@ def test_pushed_values_are_seen_by_direct_views(bview, rc):
 
 
 def test_an_error_on_one_engine_comes_back(bview, rc):
+    if bview.is_coalescing and herdtest.controller_kind() == "python":
+        pytest.skip("7.1 answers a coalescing request with the last reply to arrive: an "
+                    "error that is not last is lost (docs/schedulers.md, broadcast)")
     rc[:].push({"divisor": 1}, block=True)
     rc[rc.ids[0]].push({"divisor": 0}, block=True)
     with pytest.raises(RemoteError) as excinfo:
