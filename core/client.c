@@ -35,6 +35,7 @@ struct HerdClient {
 
     GHashTable *outstanding;        /* request msg_id -> GUINT_TO_POINTER(replies left) */
     GHashTable *direct;             /* outstanding MUX msg_id -> DirectRequest* */
+    GHashTable *broadcasts;         /* outstanding broadcast msg_id -> BroadcastRequest* */
     GQueue held;                    /* HerdClientMsg* received, not yet returned */
     GQueue failed;                  /* synthesized replies, queued behind their notification */
     guint64 unexpected;
@@ -54,6 +55,23 @@ static void direct_request_free(gpointer p)
     g_free(d->engine_uuid);
     g_free(d->reply_type);
     g_free(d);
+}
+
+/* A broadcast request in flight, failed locally for each of its engines that unregisters
+ * before answering (a coalescing one as a whole), as ipyparallel does: the controller
+ * sends nothing for those engines. */
+typedef struct BroadcastRequest {
+    GPtrArray *waiting; /* uuids of the engines that have not answered yet */
+    gboolean coalescing;
+    char *reply_type;
+} BroadcastRequest;
+
+static void broadcast_request_free(gpointer p)
+{
+    BroadcastRequest *b = p;
+    g_ptr_array_unref(b->waiting);
+    g_free(b->reply_type);
+    g_free(b);
 }
 
 const char *herd_channel_name(HerdChannel ch)
@@ -186,33 +204,43 @@ static JsonObject *msg_take_object(HerdClientMsg *m, guint slot, JsonObject *o)
     return o;
 }
 
-/* The reply a MUX request gets when its engine unregistered first: an EngineError, like
- * the one ipyparallel raises locally. It has no frames and no buffers. */
-static HerdClientMsg *engine_died_reply(const char *msg_id, const DirectRequest *d, int engine_id)
+/* The reply a request gets when its engine unregistered first: an EngineError, like the
+ * one ipyparallel raises locally. It has no frames and no buffers. `parent_id` is the id
+ * the engine would have answered (for a plain broadcast "<msg_id>_<uuid>"); broadcast
+ * replies carry the request's own id in metadata.original_msg_id, as engines' do. */
+static HerdClientMsg *engine_died_reply(HerdChannel channel, const char *msg_id, const char *parent_id,
+                                        const char *engine_uuid, const char *reply_type, gboolean coalescing,
+                                        int engine_id)
 {
     HerdClientMsg *m = g_new0(HerdClientMsg, 1);
     herd_frames_init(&m->frames);
     m->buffers = g_new0(HerdBytes, 1);
     m->header = msg_take_object(m, 0, json_object_new());
-    json_object_set_string_member(m->header, "msg_type", d->reply_type);
+    json_object_set_string_member(m->header, "msg_type", reply_type);
     json_object_set_string_member(m->header, "msg_id", "");
     m->parent_header = msg_take_object(m, 1, json_object_new());
-    json_object_set_string_member(m->parent_header, "msg_id", msg_id);
+    json_object_set_string_member(m->parent_header, "msg_id", parent_id);
     m->metadata = msg_take_object(m, 2, json_object_new());
-    json_object_set_string_member(m->metadata, "engine", d->engine_uuid);
+    json_object_set_string_member(m->metadata, "engine", engine_uuid);
     json_object_set_string_member(m->metadata, "status", "error");
+    if (channel == HERD_CHANNEL_BROADCAST) {
+        json_object_set_boolean_member(m->metadata, "is_broadcast", TRUE);
+        json_object_set_boolean_member(m->metadata, "is_coalescing", coalescing);
+        json_object_set_string_member(m->metadata, "original_msg_id", msg_id);
+    }
     m->content = msg_take_object(m, 3, json_object_new());
-    g_autofree char *evalue = g_strdup_printf("Engine %d died while running task '%s'", engine_id, msg_id);
+    g_autofree char *evalue = g_strdup_printf("Engine %d died while running task '%s'", engine_id, parent_id);
     json_object_set_string_member(m->content, "status", "error");
     json_object_set_array_member(m->content, "traceback", json_array_new());
     json_object_set_string_member(m->content, "ename", "EngineError");
     json_object_set_string_member(m->content, "evalue", evalue);
     json_object_set_object_member(m->content, "engine_info", json_object_new());
     m->kind = HERD_MSG_REPLY;
-    m->channel = HERD_CHANNEL_MUX;
+    m->channel = channel;
     m->msg_type = herd_json_str(m->header, "msg_type");
     m->msg_id = herd_json_str(m->header, "msg_id");
-    m->request_id = herd_json_str(m->parent_header, "msg_id");
+    m->request_id = channel == HERD_CHANNEL_BROADCAST ? herd_json_str(m->metadata, "original_msg_id")
+                                                      : herd_json_str(m->parent_header, "msg_id");
     m->status = "error";
     m->engine_uuid = herd_json_str(m->metadata, "engine");
     m->engine_id = engine_id;
@@ -229,8 +257,44 @@ static void fail_direct_requests(HerdClient *c, const char *uuid, int engine_id)
         if (!g_str_equal(d->engine_uuid, uuid))
             continue;
         g_hash_table_remove(c->outstanding, key);
-        g_queue_push_tail(&c->failed, engine_died_reply(key, d, engine_id));
+        g_queue_push_tail(&c->failed, engine_died_reply(HERD_CHANNEL_MUX, key, key, d->engine_uuid, d->reply_type,
+                                                        FALSE, engine_id));
         g_hash_table_iter_remove(&it);
+    }
+}
+
+/* Count one answer of an outstanding request; FALSE once it expects no more. */
+static gboolean count_answer(HerdClient *c, const char *msg_id)
+{
+    gpointer left;
+    if (!g_hash_table_lookup_extended(c->outstanding, msg_id, NULL, &left))
+        return FALSE;
+    if (GPOINTER_TO_UINT(left) <= 1) {
+        g_hash_table_remove(c->outstanding, msg_id);
+        return FALSE;
+    }
+    g_hash_table_insert(c->outstanding, g_strdup(msg_id), GUINT_TO_POINTER(GPOINTER_TO_UINT(left) - 1));
+    return TRUE;
+}
+
+static void fail_broadcast_requests(HerdClient *c, const char *uuid, int engine_id)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, c->broadcasts);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        BroadcastRequest *b = value;
+        guint i;
+        if (!g_ptr_array_find_with_equal_func(b->waiting, uuid, g_str_equal, &i))
+            continue;
+        g_ptr_array_remove_index(b->waiting, i);
+        g_autofree char *parent_id = b->coalescing ? g_strdup(key) : g_strdup_printf("%s_%s", (char *)key, uuid);
+        g_queue_push_tail(&c->failed, engine_died_reply(HERD_CHANNEL_BROADCAST, key, parent_id, uuid,
+                                                        b->reply_type, b->coalescing, engine_id));
+        if (b->coalescing) /* failed as a whole: no merged reply will come */
+            g_hash_table_remove(c->outstanding, key);
+        if (b->coalescing || !count_answer(c, key))
+            g_hash_table_iter_remove(&it);
     }
 }
 
@@ -242,8 +306,10 @@ static void apply_notification(HerdClient *c, HerdClientMsg *m)
         engine_add(c, id, uuid);
     else if (g_str_equal(m->msg_type, "unregistration_notification") && id >= 0) {
         engine_remove(c, id);
-        if (uuid)
+        if (uuid) {
             fail_direct_requests(c, uuid, id);
+            fail_broadcast_requests(c, uuid, id);
+        }
     }
     m->engine_uuid = uuid;
     m->engine_id = id;
@@ -358,14 +424,16 @@ static HerdClientMsg *classify(HerdClient *c, guint index, HerdClientMsg *m)
     m->request_id = reply_request_id(m);
     m->status = herd_json_str(m->content, "status");
     m->engine_id = engine_id_of(c, m->engine_uuid);
-    gpointer left;
-    if (m->request_id && g_hash_table_lookup_extended(c->outstanding, m->request_id, NULL, &left)) {
-        if (GPOINTER_TO_UINT(left) <= 1) {
-            g_hash_table_remove(c->outstanding, m->request_id);
+    if (m->request_id && g_hash_table_contains(c->outstanding, m->request_id)) {
+        BroadcastRequest *b = g_hash_table_lookup(c->broadcasts, m->request_id);
+        if (!count_answer(c, m->request_id)) {
             g_hash_table_remove(c->direct, m->request_id);
+            g_hash_table_remove(c->broadcasts, m->request_id);
+        } else if (b && m->engine_uuid) {
+            guint i;
+            if (g_ptr_array_find_with_equal_func(b->waiting, m->engine_uuid, g_str_equal, &i))
+                g_ptr_array_remove_index(b->waiting, i);
         }
-        else
-            g_hash_table_insert(c->outstanding, g_strdup(m->request_id), GUINT_TO_POINTER(GPOINTER_TO_UINT(left) - 1));
     } else {
         c->unexpected++;
     }
@@ -548,6 +616,7 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
     c->engine_list = g_array_new(FALSE, FALSE, sizeof(HerdClientEngine));
     c->outstanding = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     c->direct = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, direct_request_free);
+    c->broadcasts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, broadcast_request_free);
     g_queue_init(&c->held);
     g_queue_init(&c->failed);
     c->zctx = zmq_ctx_new();
@@ -576,6 +645,7 @@ void herd_client_close(HerdClient *c)
     g_queue_clear_full(&c->held, (GDestroyNotify)herd_client_msg_free);
     g_queue_clear_full(&c->failed, (GDestroyNotify)herd_client_msg_free);
     g_hash_table_destroy(c->direct);
+    g_hash_table_destroy(c->broadcasts);
     g_hash_table_destroy(c->outstanding);
     g_array_free(c->engine_list, TRUE);
     g_hash_table_destroy(c->engine_id_by_uuid);
@@ -638,6 +708,25 @@ static guint expected_replies(HerdChannel channel, JsonObject *metadata, guint n
     if (targets && JSON_NODE_HOLDS_ARRAY(targets))
         return json_array_get_length(json_node_get_array(targets));
     return n_targets;
+}
+
+/* Remember which engines a broadcast request waits for: metadata.targets, [uuid, id] pairs. */
+static void track_broadcast(HerdClient *c, const char *msg_id, const char *msg_type, JsonObject *metadata)
+{
+    BroadcastRequest *b = g_new0(BroadcastRequest, 1);
+    b->waiting = g_ptr_array_new_with_free_func(g_free);
+    b->coalescing = herd_json_bool(metadata, "is_coalescing", FALSE);
+    b->reply_type = g_strdup_printf("%.*s_reply", (int)(strlen(msg_type) - strlen("_request")), msg_type);
+    JsonNode *targets = json_object_get_member(metadata, "targets");
+    JsonArray *pairs = targets && JSON_NODE_HOLDS_ARRAY(targets) ? json_node_get_array(targets) : NULL;
+    for (guint i = 0; pairs && i < json_array_get_length(pairs); i++) {
+        JsonNode *pair = json_array_get_element(pairs, i);
+        JsonArray *a = JSON_NODE_HOLDS_ARRAY(pair) ? json_node_get_array(pair) : NULL;
+        JsonNode *uuid = a && json_array_get_length(a) >= 1 ? json_array_get_element(a, 0) : NULL;
+        if (uuid && JSON_NODE_HOLDS_VALUE(uuid) && json_node_get_value_type(uuid) == G_TYPE_STRING)
+            g_ptr_array_add(b->waiting, g_strdup(json_node_get_string(uuid)));
+    }
+    g_hash_table_insert(c->broadcasts, g_strdup(msg_id), b);
 }
 
 static gboolean validate_object(const char *what, const char *json, JsonNode **out, GError **err)
@@ -715,6 +804,8 @@ gboolean herd_client_submit(HerdClient *c, HerdChannel channel, const char *msg_
         d->reply_type = g_strdup_printf("%.*s_reply", (int)(strlen(msg_type) - strlen("_request")), msg_type);
         g_hash_table_insert(c->direct, g_strdup(msg_id), d);
     }
+    if (channel == HERD_CHANNEL_BROADCAST && replies > 0)
+        track_broadcast(c, msg_id, msg_type, json_node_get_object(metadata_node));
     if (msg_id_out)
         *msg_id_out = msg_id;
     else

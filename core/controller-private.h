@@ -61,6 +61,7 @@ typedef struct Sub {
     char *header;        /* the rewritten header (for synthesized replies) */
     HerdFrames reply;    /* coalescing: the reply kept until all arrive */
     gboolean failed;     /* coalescing: that reply's status is not "ok" */
+    gboolean engine_lost; /* answered for a dead engine: the client failed it itself */
     gboolean done;
 } Sub;
 

@@ -466,6 +466,22 @@ static void send_coalesced(Channel *ch, Job *job, HerdFrames *lf)
     send_frames(ctl, ch->client_sock, &out, "broadcast");
 }
 
+/* TRUE if an engine of this coalescing job died before answering. */
+static gboolean coalesced_lost_engine(Job *job)
+{
+    for (guint i = 0; i < job->subs->len; i++) {
+        if (((Sub *)job->subs->pdata[i])->engine_lost)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* A reply the core made for a dead engine (r->pub.synthesized) finishes its part of the
+ * job but is not sent: ipyparallel clients fail a broadcast request themselves when one
+ * of its engines unregisters (each per-engine id of a plain request, the whole request
+ * when coalescing), as they do for MUX. A second answer would find a finished future:
+ * 7.1's client then raises InvalidStateError in its receive callback, which leaves its
+ * broadcast socket unread, so later replies (even the other engines') never arrive. */
 static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
 {
     Sub *sub = r->sub;
@@ -474,15 +490,16 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
         return;
     }
     sub->done = TRUE;
+    sub->engine_lost = r->pub.synthesized;
     job->n_delivered++;
     gboolean last = job->n_delivered == job->subs->len;
     if (job->coalescing) {
         /* keep the frames until every engine answered (see coalesced_base) */
         herd_frames_copy(&sub->reply, &r->frames);
         sub->failed = g_strcmp0(r->pub.status, "ok") != 0;
-        if (last)
+        if (last && !coalesced_lost_engine(job))
             send_coalesced(ch, job, coalesced_base(job, r));
-    } else {
+    } else if (!sub->engine_lost) {
         HerdFrames *f = &r->frames;
         herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
         send_frames(ch->ctl, ch->client_sock, f, "broadcast");

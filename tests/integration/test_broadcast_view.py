@@ -3,6 +3,7 @@ scheduler, plain (one reply per engine) and coalescing (the controller merges
 the replies into one)."""
 
 import os
+import signal
 
 import pytest
 from ipyparallel import interactive
@@ -124,3 +125,56 @@ def test_scatter_then_gather(rc):
     assert sum(sizes) == 12 and len(sizes) == ENGINES
     assert sorted(view.gather("part", block=True)) == list(range(12))
 
+
+
+# --- an engine dies with broadcast requests in flight (own cluster: it loses an engine) ---------
+
+@interactive
+def wait_for_file(path, limit=60):
+    import os
+    import time
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def handled(engine):
+    """How many requests this engine has started to handle (its log says so)."""
+    return engine.log_path.read_text(errors="replace").count("Handling apply_request")
+
+
+def kill_while_running(rc, view, victim, gate):
+    """Submit a gated broadcast on view, SIGKILL victim once it runs it, open the gate;
+    returns the AsyncResult."""
+    before = handled(victim)
+    ar = view.apply_async(wait_for_file, str(gate))
+    herdtest.wait_until(lambda: handled(victim) > before, 15, what="the request to run on the victim")
+    n = len(rc.ids)
+    victim.kill(signal.SIGKILL)
+    herdtest.wait_until(lambda: len(rc.ids) == n - 1, 15, what="the dead engine to unregister")
+    gate.write_text("go")
+    return ar
+
+
+def test_engine_death_fails_only_its_part_and_the_view_keeps_working(cluster_factory, tmp_path):
+    cluster = cluster_factory(engines=3)
+    rc = cluster.client
+    first, second = cluster.engine_by_id(rc.ids[1]), cluster.engine_by_id(rc.ids[2])
+    # Plain: the survivors' results and an EngineError for the dead engine, which the
+    # client makes itself on the unregistration (the controller must not answer it again).
+    ar = kill_while_running(rc, rc.broadcast_view(), first, tmp_path / "gate1")
+    with pytest.raises(CompositeError) as excinfo:
+        ar.get(timeout=15)
+    assert [e[0] for e in excinfo.value.elist] == ["EngineError"]
+    # Coalescing: failed as a whole.
+    ar = kill_while_running(rc, rc.broadcast_view(is_coalescing=True), second, tmp_path / "gate2")
+    with pytest.raises(RemoteError) as excinfo:
+        ar.get(timeout=15)
+    assert excinfo.value.ename == "EngineError"
+    # The client's broadcast socket still works: a second answer for a request the client
+    # had already failed used to leave it unread in 7.1's client.
+    for view in (rc.broadcast_view(), rc.broadcast_view(is_coalescing=True)):
+        assert view.apply_sync(interactive(lambda: 7)) == [7]

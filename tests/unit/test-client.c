@@ -115,17 +115,22 @@ static void answer_task(FakeController *fc, HerdFrames *in)
                       herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL);
 }
 
-/* Broadcast: one reply per metadata target, parent msg_id rewritten to <orig>_<uuid>. */
+/* Broadcast: one reply per metadata target, parent msg_id rewritten to <orig>_<uuid>.
+ * ENGINE_C never answers; a coalescing request is left unanswered. */
 static void answer_broadcast(FakeController *fc, HerdFrames *in)
 {
     g_autoptr(JsonNode) header = herd_json_parse_object(herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL);
     g_autoptr(JsonNode) md = herd_json_parse_object(herd_frame_bytes(in, herd_wire(in, HERD_WIRE_METADATA)), NULL);
     g_assert_nonnull(header);
     g_assert_nonnull(md);
+    if (herd_json_bool(json_node_get_object(md), "is_coalescing", FALSE))
+        return;
     g_autofree char *orig = g_strdup(herd_json_str(json_node_get_object(header), "msg_id"));
     JsonArray *targets = json_object_get_array_member(json_node_get_object(md), "targets");
     for (guint i = 0; i < json_array_get_length(targets); i++) {
         const char *uuid = json_array_get_string_element(json_array_get_array_element(targets, i), 0);
+        if (g_str_equal(uuid, ENGINE_C))
+            continue;
         g_autofree char *rewritten = g_strdup_printf("%s_%s", orig, uuid);
         json_object_set_string_member(json_node_get_object(header), "msg_id", rewritten);
         gsize len;
@@ -431,6 +436,69 @@ static void test_unregistration_fails_pending_direct_requests(void)
     fake_controller_stop(fc);
 }
 
+/* Broadcast requests waiting for an engine that unregisters are failed locally, as
+ * ipyparallel does (herdd sends nothing for them): a plain one for that engine only, a
+ * coalescing one as a whole. */
+static void test_unregistration_fails_pending_broadcast_requests(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(c);
+    g_atomic_int_set(&fc->announce_engine, 1);
+    g_assert_true(herd_client_wait_for_engines(c, 3, 10000, NULL));
+    const int targets[] = { 0, 2 };
+    g_autofree char *plain = NULL, *coalescing = NULL;
+    g_assert_true(herd_client_submit(c, HERD_CHANNEL_BROADCAST, "apply_request", targets, 2, NULL, NULL, NULL, 0,
+                                     &plain, NULL));
+    const char *md = "{\"targets\": [[\"" ENGINE_A "\", 0], [\"" ENGINE_C "\", 2]], \"is_broadcast\": true, "
+                     "\"is_coalescing\": true}";
+    g_assert_true(herd_client_submit(c, HERD_CHANNEL_BROADCAST, "apply_request", NULL, 0, md, NULL, NULL, 0,
+                                     &coalescing, NULL));
+    /* Engine A's plain answer first, so that only engine C is still awaited. */
+    gboolean plain_ok = FALSE, plain_failed = FALSE, coalescing_failed = FALSE;
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!plain_ok && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 500, NULL);
+        if (m && m->kind == HERD_MSG_REPLY && g_strcmp0(m->request_id, plain) == 0) {
+            g_assert_cmpstr(m->status, ==, "ok");
+            g_assert_cmpstr(m->engine_uuid, ==, ENGINE_A);
+            plain_ok = TRUE;
+        }
+    }
+    g_assert_true(plain_ok);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 2);
+    g_atomic_int_set(&fc->announce_engine, 2);
+    while (!(plain_failed && coalescing_failed) && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 500, NULL);
+        if (!m || m->kind != HERD_MSG_REPLY)
+            continue;
+        g_assert_cmpint(m->channel, ==, HERD_CHANNEL_BROADCAST);
+        g_assert_cmpstr(m->status, ==, "error");
+        g_assert_cmpstr(json_object_get_string_member(m->content, "ename"), ==, "EngineError");
+        g_assert_cmpstr(m->engine_uuid, ==, ENGINE_C);
+        g_assert_cmpint(m->engine_id, ==, 2);
+        g_assert_cmpstr(json_object_get_string_member(m->metadata, "original_msg_id"), ==, m->request_id);
+        const char *parent = json_object_get_string_member(m->parent_header, "msg_id");
+        if (g_strcmp0(m->request_id, plain) == 0) {
+            g_assert_false(plain_failed);
+            plain_failed = TRUE;
+            g_autofree char *sub = g_strdup_printf("%s_%s", plain, ENGINE_C);
+            g_assert_cmpstr(parent, ==, sub);
+        } else {
+            g_assert_cmpstr(m->request_id, ==, coalescing);
+            g_assert_false(coalescing_failed);
+            coalescing_failed = TRUE;
+            g_assert_cmpstr(parent, ==, coalescing);
+        }
+    }
+    g_assert_true(plain_failed);
+    g_assert_true(coalescing_failed);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
 static void test_pollitems_cover_every_socket(void)
 {
     FakeController *fc = fake_controller_start();
@@ -470,5 +538,6 @@ int main(int argc, char **argv)
     g_test_add_func("/client/wait-for-engines", test_wait_for_engines_follows_notifications);
     g_test_add_func("/client/pollitems", test_pollitems_cover_every_socket);
     g_test_add_func("/client/unregistration-fails-direct", test_unregistration_fails_pending_direct_requests);
+    g_test_add_func("/client/unregistration-fails-broadcast", test_unregistration_fails_pending_broadcast_requests);
     return g_test_run();
 }

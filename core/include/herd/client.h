@@ -131,7 +131,9 @@ HerdClientMsg *herd_client_recv(HerdClient *c, int timeout_ms, GError **err);
 
 /* Number of submitted requests (*_request messages) whose replies have not all arrived.
  * A MUX request whose engine unregisters is answered locally with an EngineError reply
- * (delivered right after the unregistration notification), as ipyparallel does. */
+ * (delivered right after the unregistration notification), as ipyparallel does; so is
+ * each engine of a broadcast request that unregisters before answering (a coalescing
+ * broadcast is failed as a whole). */
 guint herd_client_outstanding(const HerdClient *c);
 /* Replies delivered for a request that was unknown or already complete. */
 guint64 herd_client_unexpected(const HerdClient *c);
