@@ -193,3 +193,22 @@ def test_view_wait_and_outstanding(lview, tmp_path):
 
 def test_many_small_tasks_all_come_back(lview):
     assert lview.map_sync(square, range(300)) == [i * i for i in range(300)]
+
+
+def test_only_the_task_plugin_honours_dependencies(lview, lb_cluster, tmp_path):
+    gate = tmp_path / "gate"
+    lb = (lb_cluster.profile_dir / "herd.conf").exists()
+    blocked = lview.apply_async(wait_for_file, str(gate), "blocked")
+    with lview.temp_flags(after=blocked):
+        dependent = lview.apply_async(square, 3)
+    try:
+        if lb:
+            # lb never reads the metadata: the task runs at once on the free engine.
+            assert dependent.get(timeout=15) == 9
+            assert not blocked.ready()
+        else:
+            assert not dependent.wait(0.5), "the dependent task ran before its dependency"
+    finally:
+        release(gate)
+    assert blocked.get(timeout=15) == "blocked"
+    assert dependent.get(timeout=15) == 9
