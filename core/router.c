@@ -373,6 +373,9 @@ static void defer_engine_error(Channel *ch, const char *key, const char *uuid)
     herd_loop_timer_add(ch->ctl->loop, 0, deferred_error_fire, d);
 }
 
+static gboolean send_to_engine(Channel *ch, Job *job, Engine *e);
+static void resend_later(Channel *ch, const char *msg_id, const char *uuid, int attempt);
+
 static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
 {
     Channel *ch = channel_of(host);
@@ -393,19 +396,70 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
 
     if (job->engine)
         herd_hub_job_undispatched(ch->ctl, job);
+    job->engine = e;
+    herd_hub_job_dispatched(ch->ctl, job, e);
+    if (!send_to_engine(ch, job, e))
+        resend_later(ch, job->msg_id, e->uuid, 1);
+}
+
+/* Send a plain job's request to engine e: [E, C, M]. */
+static gboolean send_to_engine(Channel *ch, Job *job, Engine *e)
+{
+    HerdFrames out;
     herd_frames_copy(&out, &job->req);
     if (ch->kind == CH_MUX)
         herd_frames_swap(&out, 0, 1); /* [C, E, M] -> [E, C, M] */
     else
         herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
-    job->engine = e;
-    herd_hub_job_dispatched(ch->ctl, job, e);
-    if (!send_frames(ch->ctl, ch->engine_sock, &out, ch->name)) {
-        g_warning("%s: engine %d (%s) unreachable for %s", ch->name, e->pub.id, e->uuid, job->msg_id);
-        herd_hub_job_undispatched(ch->ctl, job);
-        job->engine = NULL;
-        defer_engine_error(ch, job->msg_id, e->uuid);
+    return send_frames(ch->ctl, ch->engine_sock, &out, ch->name);
+}
+
+/* An engine registers at its first heartbeat, and a peer's connect completes on its own
+ * schedule: a socket of a just-registered engine may not be connected yet (libzmq then
+ * refuses the send, ROUTER_MANDATORY). Try again for about a second before the job gets
+ * an EngineError. */
+#define RESEND_INTERVAL_MS 20
+#define RESEND_ATTEMPTS 50
+
+typedef struct {
+    Channel *ch;
+    char *msg_id;
+    char *uuid;
+    int attempt;
+} Resend;
+
+static void resend_fire(gpointer p)
+{
+    Resend *r = p;
+    Channel *ch = r->ch;
+    Job *job = g_hash_table_lookup(ch->jobs, r->msg_id);
+    /* gone, answered, moved elsewhere, or its engine unregistered meanwhile: nothing to do */
+    if (job && job->engine && g_strcmp0(job->engine->uuid, r->uuid) == 0 && ch->sched) {
+        if (!send_to_engine(ch, job, job->engine)) {
+            if (r->attempt < RESEND_ATTEMPTS) {
+                resend_later(ch, r->msg_id, r->uuid, r->attempt + 1);
+            } else {
+                g_warning("%s: engine %d (%s) unreachable for %s", ch->name, job->engine->pub.id, r->uuid,
+                          job->msg_id);
+                herd_hub_job_undispatched(ch->ctl, job);
+                job->engine = NULL;
+                defer_engine_error(ch, job->msg_id, r->uuid);
+            }
+        }
     }
+    g_free(r->msg_id);
+    g_free(r->uuid);
+    g_free(r);
+}
+
+static void resend_later(Channel *ch, const char *msg_id, const char *uuid, int attempt)
+{
+    Resend *r = g_new(Resend, 1);
+    r->ch = ch;
+    r->msg_id = g_strdup(msg_id);
+    r->uuid = g_strdup(uuid);
+    r->attempt = attempt;
+    herd_loop_timer_add(ch->ctl->loop, RESEND_INTERVAL_MS, resend_fire, r);
 }
 
 /* The reply whose header and content the merged coalescing reply carries: the first
