@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "test-util.h"
 
 #define PYTHON_TIMEOUT_S 30
 
@@ -15,22 +16,6 @@
 /* helpers                                                                              */
 /* ------------------------------------------------------------------------------------ */
 
-static void remove_tree(const char *path)
-{
-    GDir *dir = g_dir_open(path, 0, NULL);
-    if (dir != NULL) {
-        const char *name;
-        while ((name = g_dir_read_name(dir)) != NULL) {
-            g_autofree char *child = g_build_filename(path, name, NULL);
-            if (g_file_test(child, G_FILE_TEST_IS_DIR) && !g_file_test(child, G_FILE_TEST_IS_SYMLINK))
-                remove_tree(child);
-            else
-                g_unlink(child);
-        }
-        g_dir_close(dir);
-    }
-    g_rmdir(path);
-}
 
 typedef struct {
     char *root;    /* temporary folder, removed at teardown */
@@ -49,7 +34,7 @@ static void fixture_setup(Fixture *f, gconstpointer data)
 static void fixture_teardown(Fixture *f, gconstpointer data)
 {
     (void)data;
-    remove_tree(f->root);
+    test_remove_tree(f->root);
     g_free(f->root);
     g_free(f->profile);
 }

@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 #include <zmq.h>
+#include "test-util.h"
 
 /* Debian's interpreter, the one python3-zmq is installed for; HERD_TEST_PYTHON overrides. */
 #define DEFAULT_TEST_PYTHON "/usr/bin/python3"
@@ -324,25 +325,10 @@ static Scratch scratch_new(void)
     return s;
 }
 
-static void remove_tree(const char *path)
-{
-    GDir *dir = g_dir_open(path, 0, NULL);
-    if (dir != NULL) {
-        const char *name;
-        while ((name = g_dir_read_name(dir)) != NULL) {
-            g_autofree char *child = g_build_filename(path, name, NULL);
-            remove_tree(child);
-        }
-        g_dir_close(dir);
-        g_rmdir(path);
-    } else {
-        g_unlink(path);
-    }
-}
 
 static void scratch_free(Scratch *s)
 {
-    remove_tree(s->root);
+    test_remove_tree(s->root);
     g_free(s->root);
 }
 
@@ -661,7 +647,7 @@ int main(int argc, char **argv)
     int rc = g_test_run();
     if (zctx != NULL)
         zmq_ctx_term(zctx);
-    remove_tree(runtime_dir);
+    test_remove_tree(runtime_dir);
     g_free(runtime_dir);
     return rc;
 }
