@@ -13,6 +13,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
@@ -39,6 +40,7 @@ typedef struct ChannelResult {
     guint latency_samples;
     double cpu_s, cpu_us_per_task;
     double engines_cpu_s, clients_cpu_s; /* where the rest of the machine went */
+    double client_threads_cpu_s;         /* the client threads alone, without libzmq's I/O threads */
     guint64 rss_peak_kb;
     gboolean timed_out;
 } ChannelResult;
@@ -332,12 +334,22 @@ typedef struct ClientThread {
     HerdClient *client;
     Load load;
     GThread *thread;
+    double cpu_s; /* this thread's CPU time in run_pipelined */
 } ClientThread;
+
+static double thread_cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static gpointer client_thread_main(gpointer data)
 {
     ClientThread *t = data;
+    double start = thread_cpu_seconds();
     run_pipelined(t->client, &t->load);
+    t->cpu_s = thread_cpu_seconds() - start;
     return NULL;
 }
 
@@ -393,6 +405,7 @@ static ChannelResult *measure_channel(const BenchConfig *cfg, HerdClient **clien
         res->replies += l->replies;
         res->errors += l->errors + (l->error ? 1 : 0);
         res->timed_out |= l->timed_out;
+        res->client_threads_cpu_s += threads[i].cpu_s;
         if (l->error)
             g_printerr("herd bench: %s: %s\n", channel, l->error);
         g_free(l->error);
@@ -677,6 +690,7 @@ static void json_channel(JsonBuilder *b, const ChannelResult *r)
     json_double(b, "cpu_us_per_task", r->cpu_us_per_task);
     json_double(b, "engines_cpu_s", r->engines_cpu_s);
     json_double(b, "clients_cpu_s", r->clients_cpu_s);
+    json_double(b, "client_threads_cpu_s", r->client_threads_cpu_s);
     json_builder_set_member_name(b, "controller_peak_rss_kb");
     json_builder_add_int_value(b, (gint64)r->rss_peak_kb);
     json_builder_end_object(b);
