@@ -22,6 +22,7 @@ struct HerdWatch {
     gpointer data;
     guint64 order;    /* when it was added: ready watches are served in this order */
     gboolean queued;  /* in loop->ready or in the round being served */
+    gboolean signalled; /* epoll reported its FD: input is likely, not just possible */
     gboolean removed; /* no longer watched; freed at the end of the iteration */
 };
 
@@ -39,6 +40,7 @@ struct HerdLoop {
     GPtrArray *ready;      /* HerdWatch* that may have input: served next */
     GPtrArray *round;      /* the watches being served now (a reused buffer) */
     GPtrArray *removed;    /* HerdWatch* removed; events or rounds may still point at them */
+    HerdWatch *serving;    /* the socket whose callback runs now */
     guint64 next_order;
     GSequence *timers;       /* Timer*, by (deadline, id) */
     GHashTable *timer_by_id; /* id -> GSequenceIter */
@@ -92,7 +94,10 @@ void herd_loop_free(HerdLoop *loop)
 
 static void mark_ready(HerdLoop *loop, HerdWatch *w)
 {
-    if (w->queued || w->removed)
+    /* The socket being served needs no second look for what its own callback sends: the
+     * callback ends by receiving until EAGAIN, which re-arms its FD, or asks to be called
+     * again. */
+    if (w->queued || w->removed || w == loop->serving)
         return;
     w->queued = TRUE;
     g_ptr_array_add(loop->ready, w);
@@ -274,18 +279,29 @@ static gint by_order(gconstpointer a, gconstpointer b)
     return x->order < y->order ? -1 : (x->order > y->order);
 }
 
-/* Serve one watch that may have input. */
+/* Serve one watch that may have input. A socket whose FD signalled is called back at once:
+ * its non-blocking receive answers what ZMQ_EVENTS would (both process the socket's
+ * pending commands, a getpid and a poll system call inside libzmq) and takes the message
+ * in the same step. A socket that is only suspected (touched, re-checked) is asked first,
+ * so that callbacks which re-check other sockets do not call each other back forever. */
 static void serve(HerdLoop *loop, HerdWatch *w)
 {
     if (!w->zsock) {
         w->fd_fn(w->fd, w->data); /* level-triggered in epoll: reported again while readable */
         return;
     }
-    int events = 0;
-    size_t len = sizeof events;
-    if (zmq_getsockopt(w->zsock, ZMQ_EVENTS, &events, &len) < 0 || !(events & ZMQ_POLLIN))
-        return;
-    if (w->sock_fn(w->zsock, w->data))
+    gboolean signalled = w->signalled;
+    w->signalled = FALSE;
+    if (!signalled) {
+        int events = 0;
+        size_t len = sizeof events;
+        if (zmq_getsockopt(w->zsock, ZMQ_EVENTS, &events, &len) < 0 || !(events & ZMQ_POLLIN))
+            return;
+    }
+    loop->serving = w;
+    gboolean more = w->sock_fn(w->zsock, w->data);
+    loop->serving = NULL;
+    if (more)
         mark_ready(loop, w); /* it left messages behind: next iteration */
 }
 
@@ -316,8 +332,11 @@ gboolean herd_loop_iterate(HerdLoop *loop, int timeout_ms)
     int wait = loop->ready->len > 0 ? 0 : next_timeout_ms(loop, timeout_ms);
     int n = epoll_wait(loop->epfd, evs, G_N_ELEMENTS(evs), wait);
     int wait_errno = errno;
-    for (int i = 0; i < n; i++)
-        mark_ready(loop, evs[i].data.ptr); /* removed ones (none yet: freed below) are skipped */
+    for (int i = 0; i < n; i++) {
+        HerdWatch *w = evs[i].data.ptr;
+        w->signalled = TRUE;
+        mark_ready(loop, w); /* removed ones (none yet: freed below) are skipped */
+    }
     serve_round(loop);
     if (!loop->quit)
         run_due_timers(loop);

@@ -62,7 +62,7 @@ typedef struct Reader {
     HerdWatch *watch;
     guint stop_after;   /* removes its own watch after this many messages (0 = never) */
     HerdWatch *victim;  /* removes this other watch in its first call */
-    GString *log;       /* appends tag at each call */
+    GString *log;       /* appends tag for each message taken */
     char tag;
 } Reader;
 
@@ -71,8 +71,6 @@ static gboolean on_readable(void *sock, gpointer data)
     Reader *r = data;
     g_assert_true(sock == r->sock);
     r->calls++;
-    if (r->log)
-        g_string_append_c(r->log, r->tag);
     if (r->victim) {
         herd_loop_remove_watch(r->loop, r->victim);
         r->victim = NULL;
@@ -82,6 +80,8 @@ static gboolean on_readable(void *sock, gpointer data)
         if (zmq_recv(r->sock, buf, sizeof buf, ZMQ_DONTWAIT) < 0)
             return FALSE; /* EAGAIN: the socket's edge will say when there is more */
         r->received++;
+        if (r->log)
+            g_string_append_c(r->log, r->tag); /* calls may find nothing: log what they took */
         if (r->stop_after && r->received == r->stop_after) {
             herd_loop_remove_watch(r->loop, r->watch);
             return FALSE;

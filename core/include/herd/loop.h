@@ -1,15 +1,18 @@
 /* herd — a single-threaded event loop: ZeroMQ sockets, plain fds, one-shot timers.
  * herdd and `herd engine` (thousands of sockets in one process) both run on it.
  *
- * It waits in epoll on the sockets' ZMQ_FD and looks (ZMQ_EVENTS) only at sockets that
- * may have input, so an iteration costs O(active sockets), not O(all sockets) as zmq_poll
- * does. The price is ZeroMQ's edge rule: a socket's FD may not signal input that arrived
+ * It waits in epoll on the sockets' ZMQ_FD and calls back only sockets that may have
+ * input, so an iteration costs O(active sockets), not O(all sockets) as zmq_poll does.
+ * The price is ZeroMQ's edge rule: a socket's FD may not signal input that arrived
  * before an operation on that socket. Hence:
- *  - a socket callback reads a bounded batch with ZMQ_DONTWAIT and returns TRUE if it
- *    stopped before EAGAIN (it is called again), FALSE once recv said EAGAIN;
+ *  - a socket callback may find nothing to read (it is called when its FD signals, before
+ *    ZMQ_EVENTS confirms input); it reads a bounded batch with ZMQ_DONTWAIT and returns TRUE if it
+ *    stopped before EAGAIN (it is called again), FALSE once recv said EAGAIN — and then
+ *    it must not send on its own socket after that EAGAIN;
  *  - code that sends on a watched socket outside that socket's own callback calls
  *    herd_loop_touch() (or herd_loop_recheck() with the watch) so the socket is checked
- *    again before the loop sleeps.
+ *    again before the loop sleeps. Touching the socket whose callback is running is
+ *    allowed and costs nothing (the rule above covers it).
  * As a safety net every watched socket is re-checked whenever a timer fires.
  *
  * In one iteration every watch that may have input is served once, in the order the
