@@ -130,6 +130,52 @@ char *herd_json_to_string(JsonNode *node, gsize *len)
     return text;
 }
 
+/* The letter of c's two-character escape (n for a newline), or 0 when it needs the
+ * six-character form. */
+static char json_short_escape(guchar c)
+{
+    switch (c) {
+    case '"':
+    case '\\':
+        return (char)c;
+    case '\n':
+        return 'n';
+    case '\r':
+        return 'r';
+    case '\t':
+        return 't';
+    case '\b':
+        return 'b';
+    case '\f':
+        return 'f';
+    default:
+        return 0;
+    }
+}
+
+void herd_json_append_escaped(GString *out, const char *s, gssize len)
+{
+    static const char hex[] = "0123456789abcdef";
+    gsize n = len < 0 ? strlen(s) : (gsize)len;
+    gsize run = 0; /* start of the characters not appended yet */
+    for (gsize i = 0; i < n; i++) {
+        guchar c = (guchar)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        g_string_append_len(out, s + run, (gssize)(i - run));
+        run = i + 1;
+        char letter = json_short_escape(c);
+        if (letter) {
+            char esc[2] = { '\\', letter };
+            g_string_append_len(out, esc, 2);
+        } else {
+            char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            g_string_append_len(out, esc, 6);
+        }
+    }
+    g_string_append_len(out, s + run, (gssize)(n - run));
+}
+
 /* The member's node when it holds a plain value, else NULL. */
 static JsonNode *member_value(JsonObject *o, const char *member)
 {
@@ -186,6 +232,12 @@ JsonObject *herd_json_object(JsonObject *o, const char *member)
 
 /* ---- dates ---- */
 
+/* The "YYYY-MM-DDTHH:MM:SS" part of the last second formatted by this thread: messages
+ * are dated many times a second, and gmtime_r takes glibc's time-zone lock. */
+#define ISO_SECONDS_LEN 19
+static __thread gint64 iso_cached_secs = G_MININT64;
+static __thread char iso_cached_text[ISO_SECONDS_LEN + 1];
+
 void herd_iso_format(gint64 unix_usec, char buf[HERD_ISO_LEN])
 {
     gint64 secs = unix_usec / G_USEC_PER_SEC;
@@ -194,16 +246,30 @@ void herd_iso_format(gint64 unix_usec, char buf[HERD_ISO_LEN])
         usec += G_USEC_PER_SEC;
         secs--;
     }
-    time_t t = (time_t)secs;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    int n = snprintf(buf, HERD_ISO_LEN, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+    int n;
+    if (secs == iso_cached_secs) {
+        memcpy(buf, iso_cached_text, ISO_SECONDS_LEN);
+        n = ISO_SECONDS_LEN;
+    } else {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        n = snprintf(buf, HERD_ISO_LEN, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n == ISO_SECONDS_LEN) { /* years 0..9999 */
+            memcpy(iso_cached_text, buf, ISO_SECONDS_LEN);
+            iso_cached_secs = secs;
+        }
+    }
     /* Python's isoformat() leaves the fraction out when it is zero. */
-    if (usec != 0)
-        snprintf(buf + n, HERD_ISO_LEN - (gsize)n, ".%06dZ", (int)usec);
-    else
-        snprintf(buf + n, HERD_ISO_LEN - (gsize)n, "Z");
+    if (usec != 0) {
+        buf[n++] = '.';
+        for (int i = 5; i >= 0; i--, usec /= 10)
+            buf[n + i] = (char)('0' + usec % 10);
+        n += 6;
+    }
+    buf[n++] = 'Z';
+    buf[n] = '\0';
 }
 
 void herd_iso_now(char buf[HERD_ISO_LEN])

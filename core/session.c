@@ -21,6 +21,10 @@ struct HerdSession {
     char *username;
     long pid;
     guint64 counter; /* msg_id counter, atomically incremented */
+    /* The constant parts of every header, JSON-escaped: {"msg_id":"<these>N", and
+     * ","username":...,"session":...,"date":" */
+    char *header_msg_id_prefix;
+    char *header_middle;
     /* HMAC state already keyed: each signature starts from a copy of it, so the key
      * schedule is computed once per session instead of once per message. */
     crypto_auth_hmacsha256_state keyed;
@@ -71,6 +75,21 @@ static char *default_username(void)
     return g_strdup(user && *user ? user : "username");
 }
 
+/* The header members that never change, written once (see append_header). */
+static void header_parts_init(HerdSession *s)
+{
+    GString *b = g_string_new(NULL);
+    g_autofree char *msg_id_prefix = g_strdup_printf("%s_%ld_", s->id, s->pid);
+    herd_json_append_escaped(b, msg_id_prefix, -1);
+    s->header_msg_id_prefix = g_strdup(b->str);
+    g_string_assign(b, "\",\"username\":\"");
+    herd_json_append_escaped(b, s->username, -1);
+    g_string_append(b, "\",\"session\":\"");
+    herd_json_append_escaped(b, s->id, -1);
+    g_string_append(b, "\",\"date\":\"");
+    s->header_middle = g_string_free(b, FALSE);
+}
+
 HerdSession *herd_session_new(const char *key, const char *scheme, const char *username, GError **err)
 {
     if (scheme != NULL && strcmp(scheme, "hmac-sha256") != 0) {
@@ -86,6 +105,7 @@ HerdSession *herd_session_new(const char *key, const char *scheme, const char *u
     s->username = username && *username ? g_strdup(username) : default_username();
     s->pid = (long)getpid();
     crypto_auth_hmacsha256_init(&s->keyed, (const unsigned char *)s->key, s->key_len);
+    header_parts_init(s);
     s->history = g_hash_table_new_full(digest_hash, digest_equal, g_free, NULL);
     return s;
 }
@@ -99,6 +119,8 @@ void herd_session_free(HerdSession *s)
     g_free(s->key);
     g_free(s->id);
     g_free(s->username);
+    g_free(s->header_msg_id_prefix);
+    g_free(s->header_middle);
     g_hash_table_destroy(s->history);
     g_free(s);
 }
@@ -118,10 +140,19 @@ guint herd_session_history_size(const HerdSession *s)
     return g_hash_table_size(s->history);
 }
 
+static guint64 next_message_number(HerdSession *s)
+{
+    return __atomic_fetch_add(&s->counter, 1, __ATOMIC_RELAXED);
+}
+
+static char *msg_id_for(const HerdSession *s, guint64 n)
+{
+    return g_strdup_printf("%s_%ld_%" G_GUINT64_FORMAT, s->id, s->pid, n);
+}
+
 char *herd_session_msg_id(HerdSession *s)
 {
-    guint64 n = __atomic_fetch_add(&s->counter, 1, __ATOMIC_RELAXED);
-    return g_strdup_printf("%s_%ld_%" G_GUINT64_FORMAT, s->id, s->pid, n);
+    return msg_id_for(s, next_message_number(s));
 }
 
 /* ---- signing ---- */
@@ -260,38 +291,47 @@ void herd_session_resign(const HerdSession *s, HerdFrames *f)
 
 /* ---- building ---- */
 
+static void append_decimal(GString *out, guint64 n)
+{
+    char digits[20];
+    gsize i = sizeof digits;
+    do {
+        digits[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    g_string_append_len(out, digits + i, (gssize)(sizeof digits - i));
+}
+
+/* The header as members written one after the other, in the order Python emits them (not
+ * required by peers, but eases comparing logs). Returns its message number. */
+static guint64 append_header(HerdSession *s, GString *out, const char *msg_type, gint64 unix_usec)
+{
+    guint64 n = next_message_number(s);
+    char date[HERD_ISO_LEN];
+    herd_iso_format(unix_usec, date);
+    g_string_append(out, "{\"msg_id\":\"");
+    g_string_append(out, s->header_msg_id_prefix);
+    append_decimal(out, n);
+    g_string_append(out, "\",\"msg_type\":\"");
+    herd_json_append_escaped(out, msg_type, -1);
+    g_string_append(out, s->header_middle);
+    g_string_append(out, date);
+    g_string_append(out, "\",\"version\":\"" HERD_PROTOCOL_VERSION "\"}");
+    return n;
+}
+
+void herd_session_append_header(HerdSession *s, GString *out, const char *msg_type, gint64 unix_usec)
+{
+    append_header(s, out, msg_type, unix_usec);
+}
+
 char *herd_session_header(HerdSession *s, const char *msg_type, char **msg_id_out)
 {
-    char *msg_id = herd_session_msg_id(s);
-    char date[HERD_ISO_LEN];
-    herd_iso_now(date);
-
-    /* Key order as Python emits it (not required by peers, but eases comparing logs). */
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "msg_id");
-    json_builder_add_string_value(b, msg_id);
-    json_builder_set_member_name(b, "msg_type");
-    json_builder_add_string_value(b, msg_type);
-    json_builder_set_member_name(b, "username");
-    json_builder_add_string_value(b, s->username);
-    json_builder_set_member_name(b, "session");
-    json_builder_add_string_value(b, s->id);
-    json_builder_set_member_name(b, "date");
-    json_builder_add_string_value(b, date);
-    json_builder_set_member_name(b, "version");
-    json_builder_add_string_value(b, HERD_PROTOCOL_VERSION);
-    json_builder_end_object(b);
-    JsonNode *root = json_builder_get_root(b);
-    g_object_unref(b);
-
-    char *text = herd_json_to_string(root, NULL);
-    json_node_unref(root);
+    GString *out = g_string_sized_new(192);
+    guint64 n = append_header(s, out, msg_type, g_get_real_time());
     if (msg_id_out)
-        *msg_id_out = msg_id;
-    else
-        g_free(msg_id);
-    return text;
+        *msg_id_out = msg_id_for(s, n);
+    return g_string_free(out, FALSE);
 }
 
 static HerdBytes object_or_empty(HerdBytes b)

@@ -488,6 +488,42 @@ static void test_session_header_layout(void)
     herd_session_free(s);
 }
 
+/* herd_session_append_header writes what herd_session_header returns (but for its
+ * msg_id counter and date), after what the buffer held; odd usernames are escaped. */
+static void test_session_append_header(void)
+{
+    const char *odd_user = "we\"ird\\user\n\xc3\xa9";
+    HerdSession *s = herd_session_new("k", "hmac-sha256", odd_user, NULL);
+    GString *out = g_string_new("prefix:");
+    gint64 date = G_GINT64_CONSTANT(1795777753338760);
+    herd_session_append_header(s, out, "apply\"reply", date);
+    g_assert_true(g_str_has_prefix(out->str, "prefix:"));
+    const char *json = out->str + strlen("prefix:");
+    GError *err = NULL;
+    JsonNode *n = herd_json_parse_object(HERD_BYTES_STR(json), &err);
+    g_assert_no_error(err);
+    JsonObject *h = json_node_get_object(n);
+    g_assert_cmpstr(herd_json_str(h, "username"), ==, odd_user);
+    g_assert_cmpstr(herd_json_str(h, "msg_type"), ==, "apply\"reply");
+    g_assert_cmpstr(herd_json_str(h, "session"), ==, herd_session_id(s));
+    g_assert_cmpstr(herd_json_str(h, "date"), ==, "2026-11-27T11:09:13.338760Z");
+    g_assert_cmpstr(herd_json_str(h, "version"), ==, HERD_PROTOCOL_VERSION);
+    /* msg_ids count up across both ways of building a header, never repeating. */
+    char *first = g_strdup(herd_json_str(h, "msg_id"));
+    char *next_id = NULL;
+    g_free(herd_session_header(s, "x", &next_id));
+    g_autofree char *expected_prefix = g_strdup_printf("%s_%ld_", herd_session_id(s), (long)getpid());
+    g_assert_true(g_str_has_prefix(first, expected_prefix));
+    g_assert_true(g_str_has_prefix(next_id, expected_prefix));
+    g_assert_cmpint(g_ascii_strtoll(next_id + strlen(expected_prefix), NULL, 10), ==,
+                    g_ascii_strtoll(first + strlen(expected_prefix), NULL, 10) + 1);
+    g_free(first);
+    g_free(next_id);
+    json_node_unref(n);
+    g_string_free(out, TRUE);
+    herd_session_free(s);
+}
+
 /* ---- building, resigning ---- */
 
 static void test_build_then_verify(void)
@@ -856,6 +892,7 @@ int main(int argc, char **argv)
     g_test_add_func("/session/scheme-and-ids", test_session_scheme_and_ids);
     g_test_add_func("/session/username", test_session_username);
     g_test_add_func("/session/header-layout", test_session_header_layout);
+    g_test_add_func("/session/append-header", test_session_append_header);
     g_test_add_func("/session/build-then-verify", test_build_then_verify);
     g_test_add_func("/session/resign", test_resign_after_rewrite);
     g_test_add_func("/session/history-cap", test_replay_history_is_capped);

@@ -450,6 +450,46 @@ static void test_json_to_string_compact_round_trip(void)
     g_free(out);
 }
 
+/* The text escaped, as a JSON string literal, decodes back to exactly the text. */
+static void assert_escape_round_trip(const char *text, gssize len)
+{
+    gsize n = len < 0 ? strlen(text) : (gsize)len;
+    GString *doc = g_string_new("{\"v\":\"");
+    herd_json_append_escaped(doc, text, len);
+    g_string_append(doc, "\"}");
+    GError *err = NULL;
+    JsonNode *node = herd_json_parse_object((HerdBytes){ doc->str, doc->len }, &err);
+    g_assert_no_error(err);
+    const char *back = herd_json_str(json_node_get_object(node), "v");
+    g_assert_nonnull(back);
+    g_assert_cmpmem(back, strlen(back), text, n);
+    json_node_unref(node);
+    g_string_free(doc, TRUE);
+}
+
+static void test_json_append_escaped(void)
+{
+    GString *out = g_string_new("x");
+    herd_json_append_escaped(out, "a\"b\\c\n\t\x01\x1f\x7f\xc3\xa9/", -1);
+    g_assert_cmpstr(out->str, ==, "xa\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f\xc3\xa9/");
+    g_string_truncate(out, 0);
+    herd_json_append_escaped(out, "ab\"cd", 3); /* a length stops before the NUL */
+    g_assert_cmpstr(out->str, ==, "ab\\\"");
+    g_string_truncate(out, 0);
+    herd_json_append_escaped(out, "", -1);
+    g_assert_cmpuint(out->len, ==, 0);
+    g_string_free(out, TRUE);
+
+    const char *odd[] = { "plain-id_123", "\"quoted\"", "back\\slash\\", "new\nline\r\n", "\b\f\t",
+                          "\xf0\x9f\x98\x80 emoji and \xc3\xa9", "</script>", "\x1b[0m" };
+    for (guint i = 0; i < G_N_ELEMENTS(odd); i++)
+        assert_escape_round_trip(odd[i], -1);
+    char every_byte[127]; /* 1..127: every control character and all of ASCII */
+    for (int i = 0; i < 127; i++)
+        every_byte[i] = (char)(i + 1);
+    assert_escape_round_trip(every_byte, sizeof every_byte);
+}
+
 /* ---- dates ---- */
 
 static void assert_iso(gint64 usec, const char *expected)
@@ -481,6 +521,22 @@ static void test_iso_format_round_trip(void)
         g_assert_true(herd_iso_parse(buf, &back));
         g_assert_cmpint(back, ==, t);
     }
+
+    /* The seconds are cached per thread: the same second with other fractions, the next
+     * second, and back, each formatted right. */
+    gint64 base = G_GINT64_CONSTANT(1795777753000000);
+    assert_iso(base + 5, "2026-11-27T11:09:13.000005Z");
+    assert_iso(base + 999999, "2026-11-27T11:09:13.999999Z");
+    assert_iso(base + 1000000, "2026-11-27T11:09:14Z");
+    assert_iso(base + 17, "2026-11-27T11:09:13.000017Z");
+    /* Years past 9999 are longer than the cached form (and beyond the parser): formatted,
+     * never cached. */
+    char far[HERD_ISO_LEN];
+    herd_iso_format(G_GINT64_CONSTANT(253402300800000000), far);
+    g_assert_cmpstr(far, ==, "10000-01-01T00:00:00Z");
+    herd_iso_format(G_GINT64_CONSTANT(253402300800000001), far);
+    g_assert_cmpstr(far, ==, "10000-01-01T00:00:00.000001Z");
+    assert_iso(base + 17, "2026-11-27T11:09:13.000017Z");
 
     char now[HERD_ISO_LEN];
     gint64 before = g_get_real_time();
@@ -598,6 +654,7 @@ int main(int argc, char **argv)
     g_test_add_func("/wire/json/parse-malformed", test_json_parse_malformed);
     g_test_add_func("/wire/json/getters", test_json_getters_are_type_safe);
     g_test_add_func("/wire/json/to-string", test_json_to_string_compact_round_trip);
+    g_test_add_func("/wire/json/append-escaped", test_json_append_escaped);
     g_test_add_func("/wire/iso/format-round-trip", test_iso_format_round_trip);
     g_test_add_func("/wire/iso/parse-forms", test_iso_parse_forms);
     g_test_add_func("/wire/error-content", test_error_content);

@@ -152,6 +152,9 @@ void herd_session_build_node(HerdSession *s, HerdFrames *out, const char *msg_ty
                              JsonNode *metadata, JsonNode *content, char **msg_id_out);
 /* A fresh header JSON for msg_type (serialised); caller frees. */
 char *herd_session_header(HerdSession *s, const char *msg_type, char **msg_id_out);
+/* Append the same header, dated unix_usec, to out: nothing is allocated but out's growth
+ * (for peers that answer every request from reused buffers). */
+void herd_session_append_header(HerdSession *s, GString *out, const char *msg_type, gint64 unix_usec);
 
 /* ---- JSON and dates ---- */
 
@@ -159,6 +162,10 @@ char *herd_session_header(HerdSession *s, const char *msg_type, char **msg_id_ou
 JsonNode *herd_json_parse_object(HerdBytes b, GError **err);
 /* Compact serialisation; caller frees. */
 char *herd_json_to_string(JsonNode *node, gsize *len);
+/* Append s (len bytes, or up to its NUL when len < 0; UTF-8) as the inside of a JSON
+ * string literal: quote, backslash and control characters escaped, nothing else changed.
+ * For messages written from templates instead of json-glib trees. */
+void herd_json_append_escaped(GString *out, const char *s, gssize len);
 /* Shortcuts for reading members; NULL / default when absent or of another type. */
 const char *herd_json_str(JsonObject *o, const char *member);
 gint64 herd_json_int(JsonObject *o, const char *member, gint64 dflt);
