@@ -48,6 +48,7 @@ typedef struct Job {
     guint64 seq;
     /* broadcast */
     GPtrArray *subs;       /* Sub*: one per dispatched engine, in dispatch order */
+    struct SubTemplate *sub_template; /* made at the first dispatch, shared by every Sub */
     guint n_delivered;
     gboolean coalescing;
 } Job;

@@ -107,6 +107,8 @@ static void sub_free(gpointer p)
     g_free(sub);
 }
 
+static void sub_template_free(struct SubTemplate *t);
+
 static void job_free(Job *job)
 {
     herd_frames_clear(&job->req);
@@ -119,6 +121,7 @@ static void job_free(Job *job)
     g_free(job->date);
     if (job->subs)
         g_ptr_array_free(job->subs, TRUE);
+    sub_template_free(job->sub_template);
     g_free(job);
 }
 
@@ -290,45 +293,95 @@ static void offer_reply(Channel *ch, Job *job, Reply *r)
         reply_free(r);
 }
 
+/* What every sub-request of a broadcast shares, as text: the request header cut around
+ * its msg_id value, and the request metadata without the members each sub sets. Made
+ * once per request, so a sub costs string appends and a signature, not a JSON parse and
+ * two serialisations per engine. */
+typedef struct SubTemplate {
+    GString *header_head; /* header text up to the msg_id value, its raw (escaped) text included */
+    char *header_tail;    /* header text from the msg_id value's closing quote on */
+    GString *md_head;     /* metadata without targets/original_msg_id, without its closing brace */
+    gboolean md_empty;    /* md_head is just "{" */
+} SubTemplate;
+
+static void sub_template_free(SubTemplate *t)
+{
+    if (!t)
+        return;
+    g_string_free(t->header_head, TRUE);
+    g_free(t->header_tail);
+    g_string_free(t->md_head, TRUE);
+    g_free(t);
+}
+
+static SubTemplate *sub_template_new(const Job *job)
+{
+    const HerdFrames *req = &job->req;
+    HerdBytes hb = herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER));
+    HerdJsonField id = { .name = "msg_id" };
+    /* The request was accepted after this same scan found a string msg_id. */
+    gboolean scanned = herd_json_scan(hb, &id, 1);
+    g_assert(scanned && id.kind == HERD_JSON_STRING);
+    SubTemplate *t = g_new0(SubTemplate, 1);
+    const char *value_end = id.value + id.len;
+    t->header_head = g_string_new_len(hb.data, value_end - hb.data);
+    t->header_tail = g_strndup(value_end, hb.len - (gsize)(value_end - hb.data));
+
+    JsonNode *md = json_node_copy(job->metadata);
+    JsonObject *mo = json_node_get_object(md);
+    json_object_remove_member(mo, "targets");
+    json_object_remove_member(mo, "original_msg_id");
+    t->md_empty = json_object_get_size(mo) == 0;
+    gsize len;
+    char *text = herd_json_to_string(md, &len);
+    json_node_unref(md);
+    t->md_head = g_string_new_len(text, (gssize)len - 1); /* drop the closing brace */
+    g_free(text);
+    return t;
+}
+
 /* Build the per-engine broadcast request: msg_id "<orig>_<uuid>", metadata with
  * original_msg_id and the single target, re-signed. */
 static Sub *broadcast_sub(Channel *ch, Job *job, Engine *e, HerdFrames *out)
 {
     HerdController *ctl = ch->ctl;
     const HerdFrames *req = &job->req;
-    g_autoptr(GError) err = NULL;
-    JsonNode *hdr = herd_json_parse_object(herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)), &err);
+    if (!job->sub_template)
+        job->sub_template = sub_template_new(job);
+    SubTemplate *t = job->sub_template;
     Sub *sub = g_new0(Sub, 1);
     herd_frames_init(&sub->reply);
     sub->job = job;
     sub->uuid = g_strdup(e->uuid);
     sub->engine_id = e->pub.id;
     sub->sub_id = g_strdup_printf("%s_%s", job->msg_id, e->uuid);
-    json_object_set_string_member(json_node_get_object(hdr), "msg_id", sub->sub_id);
-    sub->header = herd_json_to_string(hdr, NULL);
-    json_node_unref(hdr);
 
-    JsonNode *md = json_node_copy(job->metadata);
-    JsonObject *mo = json_node_get_object(md);
-    json_object_set_string_member(mo, "original_msg_id", job->msg_id);
-    JsonArray *targets = json_array_new();
-    JsonArray *pair = json_array_new();
-    json_array_add_string_element(pair, e->uuid);
-    json_array_add_int_element(pair, e->pub.id);
-    json_array_add_array_element(targets, pair);
-    json_object_set_array_member(mo, "targets", targets);
-    gsize md_len;
-    char *md_str = herd_json_to_string(md, &md_len);
-    json_node_unref(md);
+    /* the header's msg_id stays raw (escaped) text, then "_<uuid>" is appended to it */
+    GString *hdr = g_string_sized_new(t->header_head->len + strlen(t->header_tail) + 64);
+    g_string_append_len(hdr, t->header_head->str, (gssize)t->header_head->len);
+    g_string_append_c(hdr, '_');
+    herd_json_append_escaped(hdr, e->uuid, -1);
+    g_string_append(hdr, t->header_tail);
+    gsize hdr_len = hdr->len;
+    sub->header = g_string_free(hdr, FALSE);
+
+    GString *md = g_string_sized_new(t->md_head->len + 128);
+    g_string_append_len(md, t->md_head->str, (gssize)t->md_head->len);
+    g_string_append(md, t->md_empty ? "\"original_msg_id\":\"" : ",\"original_msg_id\":\"");
+    herd_json_append_escaped(md, job->msg_id, -1);
+    g_string_append(md, "\",\"targets\":[[\"");
+    herd_json_append_escaped(md, e->uuid, -1);
+    g_string_append_printf(md, "\",%d]]}", e->pub.id);
+    gsize md_len = md->len;
 
     herd_frames_init(out);
     herd_frames_push(out, e->uuid, strlen(e->uuid));
     herd_frames_push_frame_copy(out, req, 0); /* client routing id */
     herd_frames_push(out, HERD_DELIM, HERD_DELIM_LEN);
     herd_frames_push(out, "", 0); /* signature, set below */
-    herd_frames_push(out, sub->header, strlen(sub->header));
+    herd_frames_push(out, sub->header, hdr_len);
     herd_frames_push_frame_copy(out, req, herd_wire(req, HERD_WIRE_PARENT));
-    herd_frames_push_take(out, md_str, md_len);
+    herd_frames_push_take(out, g_string_free(md, FALSE), md_len);
     for (guint i = herd_wire(req, HERD_WIRE_CONTENT); i < req->n; i++)
         herd_frames_push_frame_copy(out, req, i);
     herd_frames_find_delim(out);
