@@ -15,7 +15,7 @@ builddir=${HERD_BUILD_DIR:-build}
 packages=(
     # build
     meson ninja-build pkg-config gcc libc6-dev
-    libzmq3-dev libglib2.0-dev libjson-glib-dev libsodium-dev libssh-dev
+    libzmq3-dev libglib2.0-dev libjson-glib-dev libsodium-dev libssl-dev libssh-dev
     # integration tests: real ipyparallel peers, driven by pytest
     python3-ipyparallel python3-zmq python3-psutil python3-pytest python3-pytest-timeout
     # memory checking (HERDD_WRAPPER=valgrind ...)
