@@ -16,12 +16,29 @@ static const Subcommand subcommands[] = {
     { "engine", herd_cmd_engine, "run native engines (echo or shell executor) for a controller" },
     { "bench", herd_cmd_bench, "benchmark a controller with native engines and clients" },
     { "relay", herd_cmd_relay, "run the bare libzmq relay used as the benchmark baseline" },
+    { "cluster", herd_cmd_cluster, "start, stop and list whole clusters (herdd + engines)" },
 };
 
 char *herd_tool_self_path(void)
 {
     char *path = g_file_read_link("/proc/self/exe", NULL);
     return path ? path : g_strdup("herd");
+}
+
+char *herd_tool_find_herdd(void)
+{
+    if (g_getenv("HERDD"))
+        return g_strdup(g_getenv("HERDD"));
+    g_autofree char *self = herd_tool_self_path();
+    g_autofree char *dir = g_path_get_dirname(self);
+    /* installed side by side, or this build tree's daemon/ */
+    const char *candidates[] = { "herdd", "../daemon/herdd" };
+    for (guint i = 0; i < G_N_ELEMENTS(candidates); i++) {
+        g_autofree char *path = g_build_filename(dir, candidates[i], NULL);
+        if (g_file_test(path, G_FILE_TEST_IS_EXECUTABLE))
+            return g_canonicalize_filename(path, NULL);
+    }
+    return g_strdup("herdd");
 }
 
 static void usage(FILE *out)
