@@ -20,6 +20,8 @@ packages=(
     python3-ipyparallel python3-zmq python3-psutil python3-pytest python3-pytest-timeout
     # memory checking (HERDD_WRAPPER=valgrind ...)
     valgrind
+    # `herd cluster` launcher tests: Open MPI's mpiexec, an sshd of their own on loopback
+    openmpi-bin openssh-server
 )
 
 missing_packages() {
