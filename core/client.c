@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "herd/connfile.h"
+#include "herd/loop.h"
 
 G_DEFINE_QUARK(herd-client-error-quark, herd_client_error)
 
@@ -22,56 +23,97 @@ enum {
     N_SOCKS,
 };
 
+/* The socket a received message came in on, for the loop's callback. */
+typedef struct Incoming {
+    HerdClient *c;
+    guint index;
+} Incoming;
+
+/* A channel's default metadata (TASK, BROADCAST) for the targets it was last built for:
+ * callers tend to submit to the same targets again and again. */
+typedef struct DefaultMetadata {
+    GArray *ids;      /* int: the targets it was built for */
+    guint generation; /* the engine table it was built from (0: never built) */
+    char *text;
+} DefaultMetadata;
+
 struct HerdClient {
     void *zctx;
     HerdSession *session;
     void *socks[N_SOCKS];
-    guint next_sock;        /* round-robin start, so no socket starves the others */
+    /* Waits in epoll on the sockets' ZMQ_FD and looks only at sockets that may have input:
+     * those whose FD fired and those just sent on (a send can take the wake-up of a
+     * message that arrived meanwhile). */
+    HerdLoop *loop;
+    HerdWatch *watches[N_SOCKS];
+    Incoming incoming[N_SOCKS];
+    gboolean polled_externally; /* herd_client_pollitems() was called: see there */
 
     GHashTable *engine_uuid_by_id;  /* GINT_TO_POINTER(id) -> char* uuid */
     GHashTable *engine_id_by_uuid;  /* uuid (same string) -> GINT_TO_POINTER(id) */
     GArray *engine_list;            /* HerdClientEngine, rebuilt on demand */
     gboolean engine_list_stale;
+    guint engine_generation;        /* changes with every engine table change */
 
-    GHashTable *outstanding;        /* request msg_id -> GUINT_TO_POINTER(replies left) */
-    GHashTable *direct;             /* outstanding MUX msg_id -> DirectRequest* */
-    GHashTable *broadcasts;         /* outstanding broadcast msg_id -> BroadcastRequest* */
+    DefaultMetadata defaults[HERD_CHANNEL_CONTROL + 1];
+    GArray *target_ids;             /* int: scratch for submit */
+    GPtrArray *target_uuids;        /* const char*: scratch for submit */
+
+    GHashTable *requests;           /* msg_id (owned by the Request) -> Request*: still answered */
     GQueue held;                    /* HerdClientMsg* received, not yet returned */
     GQueue failed;                  /* synthesized replies, queued behind their notification */
     guint64 unexpected;
     guint64 rejected;
 };
 
-/* A MUX request in flight: failed locally if its engine unregisters (as ipyparallel does),
- * because no reply will ever come. */
-typedef struct DirectRequest {
-    char *engine_uuid;
-    char *reply_type;
-} DirectRequest;
+/* A request whose replies have not all arrived. MUX and broadcast requests remember the
+ * engines they wait for, to fail them locally if one unregisters (as ipyparallel does:
+ * the controller sends nothing for those). One allocation holds it all. */
+typedef struct Request {
+    const char *msg_id;
+    const char *reply_type; /* for a locally made EngineError reply */
+    HerdChannel channel;
+    guint replies_left;
+    gboolean coalescing;    /* a broadcast answered by one merged reply */
+    guint n_waiting;
+    const char *waiting[];  /* uuids of the engines that have not answered; then the strings */
+} Request;
 
-static void direct_request_free(gpointer p)
+static Request *request_new(HerdChannel channel, const char *msg_id, const char *msg_type, guint replies,
+                            gboolean coalescing, const char *const *waiting, guint n_waiting)
 {
-    DirectRequest *d = p;
-    g_free(d->engine_uuid);
-    g_free(d->reply_type);
-    g_free(d);
+    gsize stem = strlen(msg_type) - strlen("_request");
+    gsize size = sizeof(Request) + n_waiting * sizeof(char *) + strlen(msg_id) + 1 + stem + sizeof "_reply";
+    for (guint i = 0; i < n_waiting; i++)
+        size += strlen(waiting[i]) + 1;
+    Request *r = g_malloc(size);
+    r->channel = channel;
+    r->replies_left = replies;
+    r->coalescing = coalescing;
+    r->n_waiting = n_waiting;
+    char *p = (char *)(r->waiting + n_waiting);
+    r->msg_id = p;
+    p = stpcpy(p, msg_id) + 1;
+    r->reply_type = p;
+    memcpy(p, msg_type, stem);
+    p = stpcpy(p + stem, "_reply") + 1;
+    for (guint i = 0; i < n_waiting; i++) {
+        r->waiting[i] = p;
+        p = stpcpy(p, waiting[i]) + 1;
+    }
+    return r;
 }
 
-/* A broadcast request in flight, failed locally for each of its engines that unregisters
- * before answering (a coalescing one as a whole), as ipyparallel does: the controller
- * sends nothing for those engines. */
-typedef struct BroadcastRequest {
-    GPtrArray *waiting; /* uuids of the engines that have not answered yet */
-    gboolean coalescing;
-    char *reply_type;
-} BroadcastRequest;
-
-static void broadcast_request_free(gpointer p)
+/* Strike an engine off the ones r waits for; FALSE if r was not waiting for it. */
+static gboolean request_engine_answered(Request *r, const char *uuid)
 {
-    BroadcastRequest *b = p;
-    g_ptr_array_unref(b->waiting);
-    g_free(b->reply_type);
-    g_free(b);
+    for (guint i = 0; i < r->n_waiting; i++) {
+        if (g_str_equal(r->waiting[i], uuid)) {
+            r->waiting[i] = r->waiting[--r->n_waiting];
+            return TRUE;
+        }
+    }
+    return FALSE;
 }
 
 const char *herd_channel_name(HerdChannel ch)
@@ -97,57 +139,175 @@ void herd_client_msg_free(HerdClientMsg *m)
 {
     if (!m)
         return;
-    for (guint i = 0; i < G_N_ELEMENTS(m->nodes); i++)
-        if (m->nodes[i])
-            json_node_unref(m->nodes[i]);
-    g_free(m->buffers);
+    for (guint i = 0; i < G_N_ELEMENTS(m->parts); i++)
+        if (m->parts[i])
+            json_node_unref(m->parts[i]);
     herd_frames_clear(&m->frames);
-    g_free(m);
+    g_free(m); /* the buffer array and the strings live in the same block */
 }
 
-/* Parse the four JSON parts of a received wire message into m. FALSE if one of them is
- * not a JSON object. */
-static gboolean msg_parse(HerdClientMsg *m)
+/* A message in one block: the struct, room for n_buffers + 1 buffer entries, then
+ * string_bytes for its strings (*strings points there). */
+static HerdClientMsg *msg_alloc(guint n_buffers, gsize string_bytes, char **strings)
 {
-    const HerdFrames *f = &m->frames;
-    JsonObject **slots[4] = { &m->header, &m->parent_header, &m->metadata, &m->content };
-    for (guint i = 0; i < 4; i++) {
-        m->nodes[i] = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER + i)), NULL);
-        if (!m->nodes[i])
-            return FALSE;
-        *slots[i] = json_node_get_object(m->nodes[i]);
+    gsize head = sizeof(HerdClientMsg) + (n_buffers + 1) * sizeof(HerdBytes);
+    HerdClientMsg *m = g_malloc0(head + string_bytes);
+    m->buffers = (HerdBytes *)(m + 1);
+    m->n_buffers = n_buffers;
+    m->engine_id = -1;
+    herd_frames_init(&m->frames);
+    if (strings)
+        *strings = (char *)m + head;
+    return m;
+}
+
+static JsonObject *msg_part(HerdClientMsg *m, guint part)
+{
+    if (!m->parts[part] && !(m->unparsable & (1u << part)) && herd_frames_is_wire(&m->frames)) {
+        HerdBytes text = herd_frame_bytes(&m->frames, herd_wire(&m->frames, HERD_WIRE_HEADER + part));
+        m->parts[part] = herd_json_parse_object(text, NULL);
+        if (!m->parts[part])
+            m->unparsable |= 1u << part;
     }
-    m->msg_type = herd_json_str(m->header, "msg_type");
-    m->msg_id = herd_json_str(m->header, "msg_id");
-    m->engine_uuid = herd_json_str(m->metadata, "engine");
-    m->n_buffers = f->n - herd_wire(f, HERD_WIRE_BUFFERS);
-    m->buffers = g_new0(HerdBytes, m->n_buffers + 1);
-    for (guint i = 0; i < m->n_buffers; i++)
-        m->buffers[i] = herd_frame_bytes(f, herd_wire(f, HERD_WIRE_BUFFERS) + i);
-    return m->msg_type != NULL;
+    return m->parts[part] ? json_node_get_object(m->parts[part]) : NULL;
 }
 
-/* The request a reply answers: broadcast replies name the client's msg_id in
- * metadata.original_msg_id (their parent carries the per-engine rewritten id). */
-static const char *reply_request_id(const HerdClientMsg *m)
+JsonObject *herd_client_msg_header(HerdClientMsg *m)
 {
-    const char *original = herd_json_str(m->metadata, "original_msg_id");
-    if (original && *original && herd_json_bool(m->metadata, "is_broadcast", FALSE))
-        return original;
-    return herd_json_str(m->parent_header, "msg_id");
+    return msg_part(m, 0);
+}
+
+JsonObject *herd_client_msg_parent_header(HerdClientMsg *m)
+{
+    return msg_part(m, 1);
+}
+
+JsonObject *herd_client_msg_metadata(HerdClientMsg *m)
+{
+    return msg_part(m, 2);
+}
+
+JsonObject *herd_client_msg_content(HerdClientMsg *m)
+{
+    return msg_part(m, 3);
+}
+
+/* The members of a received message the client reads itself, found with the flat member
+ * scan: no JSON tree is built unless the caller asks for one. */
+enum { HEADER_MSG_TYPE, HEADER_MSG_ID, N_HEADER_FIELDS };
+enum { PARENT_MSG_ID, PARENT_SESSION, N_PARENT_FIELDS };
+enum { METADATA_ENGINE, METADATA_ORIGINAL_MSG_ID, METADATA_IS_BROADCAST, N_METADATA_FIELDS };
+enum { CONTENT_STATUS, N_CONTENT_FIELDS };
+
+typedef struct Scan {
+    HerdJsonField header[N_HEADER_FIELDS];
+    HerdJsonField parent[N_PARENT_FIELDS];
+    HerdJsonField metadata[N_METADATA_FIELDS];
+    HerdJsonField content[N_CONTENT_FIELDS];
+} Scan;
+
+/* FALSE unless each JSON part is an object and the header has a string msg_type. */
+static gboolean scan_message(const HerdFrames *f, Scan *s)
+{
+    *s = (Scan){
+        .header = { { .name = "msg_type" }, { .name = "msg_id" } },
+        .parent = { { .name = "msg_id" }, { .name = "session" } },
+        .metadata = { { .name = "engine" }, { .name = "original_msg_id" }, { .name = "is_broadcast" } },
+        .content = { { .name = "status" } },
+    };
+    HerdJsonField *fields[] = { s->header, s->parent, s->metadata, s->content };
+    const guint n_fields[] = { N_HEADER_FIELDS, N_PARENT_FIELDS, N_METADATA_FIELDS, N_CONTENT_FIELDS };
+    for (guint i = 0; i < G_N_ELEMENTS(fields); i++)
+        if (!herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER + i)), fields[i], n_fields[i]))
+            return FALSE;
+    return s->header[HEADER_MSG_TYPE].kind == HERD_JSON_STRING;
+}
+
+/* The characters of a string member: in the frame, or for the rare escaped string decoded
+ * into *decoded (caller frees). FALSE when it is not a string or not valid text. */
+static gboolean field_text(const HerdJsonField *f, const char **text, gsize *len, char **decoded)
+{
+    *decoded = NULL;
+    if (!f || f->kind != HERD_JSON_STRING)
+        return FALSE;
+    if (f->escaped) {
+        *decoded = herd_json_field_dup(f); /* decoded by json-glib: valid UTF-8 */
+        *text = *decoded;
+        *len = *decoded ? strlen(*decoded) : 0;
+        return *decoded != NULL;
+    }
+    *text = f->value;
+    *len = f->len;
+    return g_utf8_validate_len(f->value, f->len, NULL);
+}
+
+static gboolean field_equals(const HerdJsonField *f, const char *s)
+{
+    const char *text;
+    gsize len;
+    g_autofree char *decoded = NULL;
+    return field_text(f, &text, &len, &decoded) && len == strlen(s) && memcmp(text, s, len) == 0;
+}
+
+/* The message's string fields, in this order; NULL where a message has none. */
+enum { STR_MSG_TYPE, STR_MSG_ID, STR_REQUEST_ID, STR_STATUS, STR_ENGINE_UUID, N_STRS };
+
+/* A received message; it takes the frames. The strings are copied out of the members
+ * named (each NULL or absent member gives a NULL string). NULL when a present member is
+ * not a string of valid UTF-8, or msg_type is missing. */
+static HerdClientMsg *msg_new(HerdFrames *f, const HerdJsonField *const members[N_STRS])
+{
+    const char *text[N_STRS] = { 0 };
+    gsize len[N_STRS] = { 0 };
+    char *decoded[N_STRS] = { 0 };
+    gsize string_bytes = 0;
+    gboolean ok = TRUE;
+    for (guint i = 0; i < N_STRS && ok; i++) {
+        if (!members[i] || members[i]->kind == HERD_JSON_ABSENT)
+            continue;
+        if (members[i]->kind != HERD_JSON_STRING)
+            continue; /* like herd_json_str: a member of another type reads as NULL */
+        ok = field_text(members[i], &text[i], &len[i], &decoded[i]);
+        string_bytes += len[i] + 1;
+    }
+    HerdClientMsg *m = NULL;
+    if (ok && text[STR_MSG_TYPE]) {
+        char *p;
+        guint first_buffer = herd_wire(f, HERD_WIRE_BUFFERS);
+        m = msg_alloc(f->n - first_buffer, string_bytes, &p);
+        const char **slots[N_STRS] = { &m->msg_type, &m->msg_id, &m->request_id, &m->status, &m->engine_uuid };
+        for (guint i = 0; i < N_STRS; i++) {
+            if (!text[i])
+                continue;
+            memcpy(p, text[i], len[i]);
+            p[len[i]] = '\0';
+            *slots[i] = p;
+            p += len[i] + 1;
+        }
+        m->frames = *f;
+        herd_frames_init(f);
+        for (guint i = 0; i < m->n_buffers; i++)
+            m->buffers[i] = herd_frame_bytes(&m->frames, first_buffer + i);
+    }
+    for (guint i = 0; i < N_STRS; i++)
+        g_free(decoded[i]);
+    return m;
 }
 
 /* ---- engine table ---- */
 
 static void engine_add(HerdClient *c, int id, const char *uuid)
 {
-    char *owned = g_strdup(uuid);
     const char *old = g_hash_table_lookup(c->engine_uuid_by_id, GINT_TO_POINTER(id));
+    if (old && g_str_equal(old, uuid))
+        return; /* announced again: nothing changes */
     if (old)
         g_hash_table_remove(c->engine_id_by_uuid, old);
+    char *owned = g_strdup(uuid);
     g_hash_table_insert(c->engine_uuid_by_id, GINT_TO_POINTER(id), owned);
     g_hash_table_insert(c->engine_id_by_uuid, owned, GINT_TO_POINTER(id));
     c->engine_list_stale = TRUE;
+    c->engine_generation++;
 }
 
 static void engine_remove(HerdClient *c, int id)
@@ -158,6 +318,7 @@ static void engine_remove(HerdClient *c, int id)
     g_hash_table_remove(c->engine_id_by_uuid, uuid);
     g_hash_table_remove(c->engine_uuid_by_id, GINT_TO_POINTER(id));
     c->engine_list_stale = TRUE;
+    c->engine_generation++;
 }
 
 static gint compare_engine_id(gconstpointer a, gconstpointer b)
@@ -197,10 +358,10 @@ static int engine_id_of(HerdClient *c, const char *uuid)
     return -1;
 }
 
-static JsonObject *msg_take_object(HerdClientMsg *m, guint slot, JsonObject *o)
+static JsonObject *msg_take_object(HerdClientMsg *m, guint part, JsonObject *o)
 {
-    m->nodes[slot] = json_node_new(JSON_NODE_OBJECT);
-    json_node_take_object(m->nodes[slot], o);
+    m->parts[part] = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(m->parts[part], o);
     return o;
 }
 
@@ -208,108 +369,74 @@ static JsonObject *msg_take_object(HerdClientMsg *m, guint slot, JsonObject *o)
  * one ipyparallel raises locally. It has no frames and no buffers. `parent_id` is the id
  * the engine would have answered (for a plain broadcast "<msg_id>_<uuid>"); broadcast
  * replies carry the request's own id in metadata.original_msg_id, as engines' do. */
-static HerdClientMsg *engine_died_reply(HerdChannel channel, const char *msg_id, const char *parent_id,
-                                        const char *engine_uuid, const char *reply_type, gboolean coalescing,
+static HerdClientMsg *engine_died_reply(const Request *r, const char *parent_id, const char *engine_uuid,
                                         int engine_id)
 {
-    HerdClientMsg *m = g_new0(HerdClientMsg, 1);
-    herd_frames_init(&m->frames);
-    m->buffers = g_new0(HerdBytes, 1);
-    m->header = msg_take_object(m, 0, json_object_new());
-    json_object_set_string_member(m->header, "msg_type", reply_type);
-    json_object_set_string_member(m->header, "msg_id", "");
-    m->parent_header = msg_take_object(m, 1, json_object_new());
-    json_object_set_string_member(m->parent_header, "msg_id", parent_id);
-    m->metadata = msg_take_object(m, 2, json_object_new());
-    json_object_set_string_member(m->metadata, "engine", engine_uuid);
-    json_object_set_string_member(m->metadata, "status", "error");
-    if (channel == HERD_CHANNEL_BROADCAST) {
-        json_object_set_boolean_member(m->metadata, "is_broadcast", TRUE);
-        json_object_set_boolean_member(m->metadata, "is_coalescing", coalescing);
-        json_object_set_string_member(m->metadata, "original_msg_id", msg_id);
+    HerdClientMsg *m = msg_alloc(0, 0, NULL);
+    JsonObject *header = msg_take_object(m, 0, json_object_new());
+    json_object_set_string_member(header, "msg_type", r->reply_type);
+    json_object_set_string_member(header, "msg_id", "");
+    JsonObject *parent = msg_take_object(m, 1, json_object_new());
+    json_object_set_string_member(parent, "msg_id", parent_id);
+    JsonObject *metadata = msg_take_object(m, 2, json_object_new());
+    json_object_set_string_member(metadata, "engine", engine_uuid);
+    json_object_set_string_member(metadata, "status", "error");
+    if (r->channel == HERD_CHANNEL_BROADCAST) {
+        json_object_set_boolean_member(metadata, "is_broadcast", TRUE);
+        json_object_set_boolean_member(metadata, "is_coalescing", r->coalescing);
+        json_object_set_string_member(metadata, "original_msg_id", r->msg_id);
     }
-    m->content = msg_take_object(m, 3, json_object_new());
+    JsonObject *content = msg_take_object(m, 3, json_object_new());
     g_autofree char *evalue = g_strdup_printf("Engine %d died while running task '%s'", engine_id, parent_id);
-    json_object_set_string_member(m->content, "status", "error");
-    json_object_set_array_member(m->content, "traceback", json_array_new());
-    json_object_set_string_member(m->content, "ename", "EngineError");
-    json_object_set_string_member(m->content, "evalue", evalue);
-    json_object_set_object_member(m->content, "engine_info", json_object_new());
+    json_object_set_string_member(content, "status", "error");
+    json_object_set_array_member(content, "traceback", json_array_new());
+    json_object_set_string_member(content, "ename", "EngineError");
+    json_object_set_string_member(content, "evalue", evalue);
+    json_object_set_object_member(content, "engine_info", json_object_new());
     m->kind = HERD_MSG_REPLY;
-    m->channel = channel;
-    m->msg_type = herd_json_str(m->header, "msg_type");
-    m->msg_id = herd_json_str(m->header, "msg_id");
-    m->request_id = channel == HERD_CHANNEL_BROADCAST ? herd_json_str(m->metadata, "original_msg_id")
-                                                      : herd_json_str(m->parent_header, "msg_id");
+    m->channel = r->channel;
+    m->msg_type = herd_json_str(header, "msg_type");
+    m->msg_id = herd_json_str(header, "msg_id");
+    m->request_id = r->channel == HERD_CHANNEL_BROADCAST ? herd_json_str(metadata, "original_msg_id")
+                                                         : herd_json_str(parent, "msg_id");
     m->status = "error";
-    m->engine_uuid = herd_json_str(m->metadata, "engine");
+    m->engine_uuid = herd_json_str(metadata, "engine");
     m->engine_id = engine_id;
     return m;
 }
 
-static void fail_direct_requests(HerdClient *c, const char *uuid, int engine_id)
+/* Fail, behind the unregistration notification, what an engine that left still owed:
+ * MUX requests to it, and its part of broadcast requests (a coalescing one as a whole,
+ * since no merged reply will come). Load-balanced requests are the controller's. */
+static void fail_requests_of(HerdClient *c, const char *uuid, int engine_id)
 {
     GHashTableIter it;
-    gpointer key, value;
-    g_hash_table_iter_init(&it, c->direct);
-    while (g_hash_table_iter_next(&it, &key, &value)) {
-        DirectRequest *d = value;
-        if (!g_str_equal(d->engine_uuid, uuid))
+    gpointer value;
+    g_hash_table_iter_init(&it, c->requests);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Request *r = value;
+        if (!request_engine_answered(r, uuid))
             continue;
-        g_hash_table_remove(c->outstanding, key);
-        g_queue_push_tail(&c->failed, engine_died_reply(HERD_CHANNEL_MUX, key, key, d->engine_uuid, d->reply_type,
-                                                        FALSE, engine_id));
-        g_hash_table_iter_remove(&it);
-    }
-}
-
-/* Count one answer of an outstanding request; FALSE once it expects no more. */
-static gboolean count_answer(HerdClient *c, const char *msg_id)
-{
-    gpointer left;
-    if (!g_hash_table_lookup_extended(c->outstanding, msg_id, NULL, &left))
-        return FALSE;
-    if (GPOINTER_TO_UINT(left) <= 1) {
-        g_hash_table_remove(c->outstanding, msg_id);
-        return FALSE;
-    }
-    g_hash_table_insert(c->outstanding, g_strdup(msg_id), GUINT_TO_POINTER(GPOINTER_TO_UINT(left) - 1));
-    return TRUE;
-}
-
-static void fail_broadcast_requests(HerdClient *c, const char *uuid, int engine_id)
-{
-    GHashTableIter it;
-    gpointer key, value;
-    g_hash_table_iter_init(&it, c->broadcasts);
-    while (g_hash_table_iter_next(&it, &key, &value)) {
-        BroadcastRequest *b = value;
-        guint i;
-        if (!g_ptr_array_find_with_equal_func(b->waiting, uuid, g_str_equal, &i))
-            continue;
-        g_ptr_array_remove_index(b->waiting, i);
-        g_autofree char *parent_id = b->coalescing ? g_strdup(key) : g_strdup_printf("%s_%s", (char *)key, uuid);
-        g_queue_push_tail(&c->failed, engine_died_reply(HERD_CHANNEL_BROADCAST, key, parent_id, uuid,
-                                                        b->reply_type, b->coalescing, engine_id));
-        if (b->coalescing) /* failed as a whole: no merged reply will come */
-            g_hash_table_remove(c->outstanding, key);
-        if (b->coalescing || !count_answer(c, key))
+        g_autofree char *parent_id = r->channel == HERD_CHANNEL_BROADCAST && !r->coalescing
+                                         ? g_strdup_printf("%s_%s", r->msg_id, uuid)
+                                         : g_strdup(r->msg_id);
+        g_queue_push_tail(&c->failed, engine_died_reply(r, parent_id, uuid, engine_id));
+        if (r->coalescing || --r->replies_left == 0)
             g_hash_table_iter_remove(&it);
     }
 }
 
 static void apply_notification(HerdClient *c, HerdClientMsg *m)
 {
-    int id = (int)herd_json_int(m->content, "id", -1);
-    const char *uuid = herd_json_str(m->content, "uuid");
+    JsonObject *content = herd_client_msg_content(m);
+    int id = content ? (int)herd_json_int(content, "id", -1) : -1;
+    const char *uuid = content ? herd_json_str(content, "uuid") : NULL;
     if (g_str_equal(m->msg_type, "registration_notification") && id >= 0 && uuid)
         engine_add(c, id, uuid);
     else if (g_str_equal(m->msg_type, "unregistration_notification") && id >= 0) {
         engine_remove(c, id);
-        if (uuid) {
-            fail_direct_requests(c, uuid, id);
-            fail_broadcast_requests(c, uuid, id);
-        }
+        if (uuid)
+            fail_requests_of(c, uuid, id);
     }
     m->engine_uuid = uuid;
     m->engine_id = id;
@@ -373,30 +500,64 @@ guint herd_client_pollitems(HerdClient *c, zmq_pollitem_t *items, guint max_item
     guint n = MIN(max_items, (guint)N_SOCKS);
     for (guint i = 0; i < n; i++)
         items[i] = (zmq_pollitem_t){ .socket = c->socks[i], .events = ZMQ_POLLIN };
+    c->polled_externally = TRUE;
     return n;
 }
 
 /* ---- receiving ---- */
 
-/* A received message, verified and parsed; it takes the frames. NULL (and counted as
- * rejected) when the signature or the layout is wrong. */
-static HerdClientMsg *msg_take(HerdClient *c, HerdFrames *f)
+/* Verify and decode what arrived on socket `index`; it takes the frames. NULL when it is
+ * not for the caller (someone else's IOPub) or, counted as rejected, when the signature,
+ * the layout or a member the client reads is wrong. */
+static HerdClientMsg *msg_receive(HerdClient *c, guint index, HerdFrames *f)
 {
-    HerdClientMsg *m = g_new0(HerdClientMsg, 1);
-    m->frames = *f;
-    herd_frames_init(f);
-    m->engine_id = -1;
-    if (!herd_frames_is_wire(&m->frames) || herd_session_verify(c->session, &m->frames) != HERD_VERIFY_OK ||
-        !msg_parse(m)) {
+    Scan s;
+    if (!herd_frames_is_wire(f) || herd_session_verify(c->session, f) != HERD_VERIFY_OK || !scan_message(f, &s)) {
         c->rejected++;
-        herd_client_msg_free(m);
         return NULL;
     }
+    const HerdJsonField *request_id = &s.parent[PARENT_MSG_ID], *status = NULL;
+    switch (index) {
+    case SOCK_IOPUB: /* like ipyparallel: only output caused by our own requests */
+        if (!field_equals(&s.parent[PARENT_SESSION], herd_session_id(c->session)))
+            return NULL;
+        break;
+    case SOCK_NOTIFICATION:
+        request_id = NULL;
+        break;
+    default: /* replies; broadcast ones name the request in metadata.original_msg_id */
+        if (s.metadata[METADATA_IS_BROADCAST].kind == HERD_JSON_TRUE &&
+            s.metadata[METADATA_ORIGINAL_MSG_ID].kind == HERD_JSON_STRING && s.metadata[METADATA_ORIGINAL_MSG_ID].len)
+            request_id = &s.metadata[METADATA_ORIGINAL_MSG_ID];
+        status = &s.content[CONTENT_STATUS];
+        break;
+    }
+    const HerdJsonField *members[N_STRS] = {
+        [STR_MSG_TYPE] = &s.header[HEADER_MSG_TYPE], [STR_MSG_ID] = &s.header[HEADER_MSG_ID],
+        [STR_REQUEST_ID] = request_id, [STR_STATUS] = status, [STR_ENGINE_UUID] = &s.metadata[METADATA_ENGINE],
+    };
+    HerdClientMsg *m = msg_new(f, members);
+    if (!m)
+        c->rejected++;
     return m;
 }
 
+/* Count a reply against its request. */
+static void count_reply(HerdClient *c, const HerdClientMsg *m)
+{
+    Request *r = m->request_id ? g_hash_table_lookup(c->requests, m->request_id) : NULL;
+    if (!r) {
+        c->unexpected++;
+        return;
+    }
+    if (r->n_waiting && m->engine_uuid)
+        request_engine_answered(r, m->engine_uuid);
+    if (--r->replies_left == 0)
+        g_hash_table_remove(c->requests, r->msg_id);
+}
+
 /* What a message received on socket `index` means to the caller. NULL (m is freed) when
- * it is not for the caller: someone else's IOPub, a stray query reply. */
+ * it is not for the caller: a stray query reply. */
 static HerdClientMsg *classify(HerdClient *c, guint index, HerdClientMsg *m)
 {
     switch (index) {
@@ -404,61 +565,32 @@ static HerdClientMsg *classify(HerdClient *c, guint index, HerdClientMsg *m)
         m->kind = HERD_MSG_NOTIFICATION;
         apply_notification(c, m);
         return m;
-    case SOCK_IOPUB: {
-        /* Like ipyparallel: only output caused by our own requests. */
-        const char *session = herd_json_str(m->parent_header, "session");
-        if (!session || !g_str_equal(session, herd_session_id(c->session)))
-            goto drop;
+    case SOCK_IOPUB:
         m->kind = HERD_MSG_IOPUB;
-        m->request_id = herd_json_str(m->parent_header, "msg_id");
         m->engine_id = engine_id_of(c, m->engine_uuid);
         return m;
-    }
-    case SOCK_QUERY:
-        goto drop; /* late answers to connection requests */
+    case SOCK_QUERY: /* late answers to connection requests */
+        herd_client_msg_free(m);
+        return NULL;
     default:
-        break;
+        m->kind = HERD_MSG_REPLY;
+        m->channel = (HerdChannel)index;
+        m->engine_id = engine_id_of(c, m->engine_uuid);
+        count_reply(c, m);
+        return m;
     }
-    m->kind = HERD_MSG_REPLY;
-    m->channel = (HerdChannel)index;
-    m->request_id = reply_request_id(m);
-    m->status = herd_json_str(m->content, "status");
-    m->engine_id = engine_id_of(c, m->engine_uuid);
-    if (m->request_id && g_hash_table_contains(c->outstanding, m->request_id)) {
-        BroadcastRequest *b = g_hash_table_lookup(c->broadcasts, m->request_id);
-        if (!count_answer(c, m->request_id)) {
-            g_hash_table_remove(c->direct, m->request_id);
-            g_hash_table_remove(c->broadcasts, m->request_id);
-        } else if (b && m->engine_uuid) {
-            guint i;
-            if (g_ptr_array_find_with_equal_func(b->waiting, m->engine_uuid, g_str_equal, &i))
-                g_ptr_array_remove_index(b->waiting, i);
-        }
-    } else {
-        c->unexpected++;
-    }
-    return m;
-
-drop:
-    herd_client_msg_free(m);
-    return NULL;
 }
 
-/* Most messages a readable socket gives up per poll: receiving in batches spares a poll
- * system call per message under load, and the cap keeps the sockets taking turns. */
+/* Most messages a readable socket gives up per loop iteration: the cap keeps the sockets
+ * taking turns. */
 #define RECV_BATCH 64
-
-typedef struct Incoming {
-    HerdClient *c;
-    guint index; /* the socket */
-} Incoming;
 
 /* Queue a received message for the caller, then any replies it made fail. */
 static void hold_incoming(HerdFrames *f, gpointer data)
 {
     Incoming *in = data;
     HerdClient *c = in->c;
-    HerdClientMsg *m = msg_take(c, f);
+    HerdClientMsg *m = msg_receive(c, in->index, f);
     if (m && (m = classify(c, in->index, m)))
         g_queue_push_tail(&c->held, m);
     HerdClientMsg *failed;
@@ -466,26 +598,23 @@ static void hold_incoming(HerdFrames *f, gpointer data)
         g_queue_push_tail(&c->held, failed);
 }
 
-/* Poll every socket once for up to timeout_ms and queue what arrived in c->held; returns
- * the first queued message for the caller, or NULL. */
+/* The loop's callback for each socket. */
+static gboolean receive_batch(void *zsock, gpointer data)
+{
+    return herd_frames_recv_batch(zsock, RECV_BATCH, hold_incoming, data);
+}
+
+/* Wait up to timeout_ms for input, queue what arrived in c->held and return the first
+ * queued message, or NULL. */
 static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
 {
-    zmq_pollitem_t items[N_SOCKS];
-    herd_client_pollitems(c, items, N_SOCKS);
-    int rc = zmq_poll(items, N_SOCKS, timeout_ms);
-    if (rc < 0) {
-        if (errno != EINTR)
-            set_zmq_error(err, "zmq_poll");
+    if (c->polled_externally)
+        for (guint i = 0; i < N_SOCKS; i++)
+            herd_loop_recheck(c->loop, c->watches[i]);
+    if (!herd_loop_iterate(c->loop, timeout_ms)) {
+        set_zmq_error(err, "epoll_wait");
         return NULL;
     }
-    for (guint k = 0; k < N_SOCKS && rc > 0; k++) {
-        guint i = (c->next_sock + k) % N_SOCKS;
-        if (!(items[i].revents & ZMQ_POLLIN))
-            continue;
-        Incoming in = { c, i };
-        herd_frames_recv_batch(c->socks[i], RECV_BATCH, hold_incoming, &in);
-    }
-    c->next_sock = (c->next_sock + 1) % N_SOCKS;
     return g_queue_pop_head(&c->held);
 }
 
@@ -528,14 +657,14 @@ gboolean herd_client_wait_for_engines(HerdClient *c, guint n, int timeout_ms, GE
             return FALSE;
         }
         if (m)
-            g_queue_push_tail(&c->held, m); /* the caller still gets to see it */
+            g_queue_push_head(&c->held, m); /* the caller still gets to see it, first */
     }
     return TRUE;
 }
 
 guint herd_client_outstanding(const HerdClient *c)
 {
-    return g_hash_table_size(c->outstanding);
+    return g_hash_table_size(c->requests);
 }
 
 guint64 herd_client_unexpected(const HerdClient *c)
@@ -577,14 +706,17 @@ static gboolean fetch_engines(HerdClient *c, int timeout_ms, GError **err)
             return FALSE;
         }
         herd_frames_init(&f);
-        HerdClientMsg *m = herd_frames_recv(c->socks[SOCK_QUERY], &f, ZMQ_DONTWAIT) == 0 ? msg_take(c, &f) : NULL;
+        HerdClientMsg *m = herd_frames_recv(c->socks[SOCK_QUERY], &f, ZMQ_DONTWAIT) == 0
+                               ? msg_receive(c, SOCK_QUERY, &f)
+                               : NULL;
         herd_frames_clear(&f);
-        if (!m || g_strcmp0(herd_json_str(m->parent_header, "msg_id"), msg_id) != 0) {
+        JsonObject *content = m && g_strcmp0(m->request_id, msg_id) == 0 ? herd_client_msg_content(m) : NULL;
+        if (!content) {
             herd_client_msg_free(m);
             continue;
         }
-        gboolean ok = g_strcmp0(herd_json_str(m->content, "status"), "ok") == 0;
-        JsonNode *engines = json_object_get_member(m->content, "engines");
+        gboolean ok = g_strcmp0(m->status, "ok") == 0;
+        JsonNode *engines = json_object_get_member(content, "engines");
         if (ok && engines && JSON_NODE_HOLDS_OBJECT(engines)) {
             JsonObjectIter it;
             const char *id_str;
@@ -595,7 +727,7 @@ static gboolean fetch_engines(HerdClient *c, int timeout_ms, GError **err)
                     engine_add(c, atoi(id_str), json_node_get_string(uuid));
         } else if (!ok) {
             g_set_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_REFUSED, "the controller refused the connection: %s",
-                        herd_json_str(m->content, "evalue") ?: "unknown error");
+                        herd_json_str(content, "evalue") ?: "unknown error");
         }
         herd_client_msg_free(m);
         return ok;
@@ -614,9 +746,12 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
     c->engine_uuid_by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     c->engine_id_by_uuid = g_hash_table_new(g_str_hash, g_str_equal);
     c->engine_list = g_array_new(FALSE, FALSE, sizeof(HerdClientEngine));
-    c->outstanding = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    c->direct = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, direct_request_free);
-    c->broadcasts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, broadcast_request_free);
+    c->engine_generation = 1; /* cached default metadata of generation 0 was never built */
+    for (guint i = 0; i < G_N_ELEMENTS(c->defaults); i++)
+        c->defaults[i].ids = g_array_new(FALSE, FALSE, sizeof(int));
+    c->target_ids = g_array_new(FALSE, FALSE, sizeof(int));
+    c->target_uuids = g_ptr_array_new();
+    c->requests = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
     g_queue_init(&c->held);
     g_queue_init(&c->failed);
     c->zctx = zmq_ctx_new();
@@ -628,6 +763,11 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
         herd_client_close(c);
         return NULL;
     }
+    c->loop = herd_loop_new();
+    for (guint i = 0; i < N_SOCKS; i++) { /* each one is looked at first: input may be queued already */
+        c->incoming[i] = (Incoming){ c, i };
+        c->watches[i] = herd_loop_add_socket(c->loop, c->socks[i], receive_batch, &c->incoming[i]);
+    }
     return c;
 }
 
@@ -635,6 +775,7 @@ void herd_client_close(HerdClient *c)
 {
     if (!c)
         return;
+    herd_loop_free(c->loop); /* before the sockets it watches are closed */
     for (guint i = 0; i < N_SOCKS; i++)
         if (c->socks[i])
             zmq_close(c->socks[i]);
@@ -644,9 +785,13 @@ void herd_client_close(HerdClient *c)
         herd_session_free(c->session);
     g_queue_clear_full(&c->held, (GDestroyNotify)herd_client_msg_free);
     g_queue_clear_full(&c->failed, (GDestroyNotify)herd_client_msg_free);
-    g_hash_table_destroy(c->direct);
-    g_hash_table_destroy(c->broadcasts);
-    g_hash_table_destroy(c->outstanding);
+    g_hash_table_destroy(c->requests);
+    for (guint i = 0; i < G_N_ELEMENTS(c->defaults); i++) {
+        g_array_free(c->defaults[i].ids, TRUE);
+        g_free(c->defaults[i].text);
+    }
+    g_array_free(c->target_ids, TRUE);
+    g_ptr_array_free(c->target_uuids, TRUE);
     g_array_free(c->engine_list, TRUE);
     g_hash_table_destroy(c->engine_id_by_uuid);
     g_hash_table_destroy(c->engine_uuid_by_id);
@@ -656,11 +801,8 @@ void herd_client_close(HerdClient *c)
 /* ---- submitting ---- */
 
 /* The metadata an ipyparallel view would send on this channel for these targets. */
-static char *default_metadata(HerdClient *c, HerdChannel channel, const char *const *uuids, const int *ids,
-                              guint n)
+static char *build_default_metadata(HerdChannel channel, const char *const *uuids, const int *ids, guint n)
 {
-    if (channel == HERD_CHANNEL_MUX || channel == HERD_CHANNEL_CONTROL)
-        return g_strdup("{}");
     g_autoptr(JsonBuilder) b = json_builder_new();
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "targets");
@@ -695,42 +837,60 @@ static char *default_metadata(HerdClient *c, HerdChannel channel, const char *co
     }
     json_builder_end_object(b);
     g_autoptr(JsonNode) root = json_builder_get_root(b);
-    (void)c;
     return herd_json_to_string(root, NULL);
 }
 
-/* How many replies a request will get: one per broadcast target unless coalescing. */
-static guint expected_replies(HerdChannel channel, JsonObject *metadata, guint n_targets)
+/* The default metadata text (borrowed), rebuilt only when the targets or the engine table
+ * changed since the channel's last request. */
+static const char *default_metadata(HerdClient *c, HerdChannel channel, const char *const *uuids, const int *ids,
+                                    guint n)
 {
-    if (channel != HERD_CHANNEL_BROADCAST || herd_json_bool(metadata, "is_coalescing", FALSE))
-        return 1;
-    JsonNode *targets = json_object_get_member(metadata, "targets");
-    if (targets && JSON_NODE_HOLDS_ARRAY(targets))
-        return json_array_get_length(json_node_get_array(targets));
-    return n_targets;
-}
-
-/* Remember which engines a broadcast request waits for: metadata.targets, [uuid, id] pairs. */
-static void track_broadcast(HerdClient *c, const char *msg_id, const char *msg_type, JsonObject *metadata)
-{
-    BroadcastRequest *b = g_new0(BroadcastRequest, 1);
-    b->waiting = g_ptr_array_new_with_free_func(g_free);
-    b->coalescing = herd_json_bool(metadata, "is_coalescing", FALSE);
-    b->reply_type = g_strdup_printf("%.*s_reply", (int)(strlen(msg_type) - strlen("_request")), msg_type);
-    JsonNode *targets = json_object_get_member(metadata, "targets");
-    JsonArray *pairs = targets && JSON_NODE_HOLDS_ARRAY(targets) ? json_node_get_array(targets) : NULL;
-    for (guint i = 0; pairs && i < json_array_get_length(pairs); i++) {
-        JsonNode *pair = json_array_get_element(pairs, i);
-        JsonArray *a = JSON_NODE_HOLDS_ARRAY(pair) ? json_node_get_array(pair) : NULL;
-        JsonNode *uuid = a && json_array_get_length(a) >= 1 ? json_array_get_element(a, 0) : NULL;
-        if (uuid && JSON_NODE_HOLDS_VALUE(uuid) && json_node_get_value_type(uuid) == G_TYPE_STRING)
-            g_ptr_array_add(b->waiting, g_strdup(json_node_get_string(uuid)));
+    if (channel == HERD_CHANNEL_MUX || channel == HERD_CHANNEL_CONTROL)
+        return "{}";
+    DefaultMetadata *d = &c->defaults[channel];
+    if (d->generation != c->engine_generation || d->ids->len != n || memcmp(d->ids->data, ids, n * sizeof(int))) {
+        g_free(d->text);
+        d->text = build_default_metadata(channel, uuids, ids, n);
+        g_array_set_size(d->ids, 0);
+        g_array_append_vals(d->ids, ids, n);
+        d->generation = c->engine_generation;
     }
-    g_hash_table_insert(c->broadcasts, g_strdup(msg_id), b);
+    return d->text;
 }
 
+/* Resolve the targets (for a broadcast without any: every registered engine) into
+ * c->target_ids and c->target_uuids. */
+static gboolean resolve_targets(HerdClient *c, HerdChannel channel, const int *targets, guint n_targets,
+                                gboolean default_metadata_wanted, GError **err)
+{
+    g_array_set_size(c->target_ids, 0);
+    g_ptr_array_set_size(c->target_uuids, 0);
+    if (channel == HERD_CHANNEL_BROADCAST && n_targets == 0 && default_metadata_wanted) {
+        guint n;
+        const HerdClientEngine *engines = herd_client_engines(c, &n);
+        for (guint i = 0; i < n; i++) {
+            g_array_append_val(c->target_ids, engines[i].id);
+            g_ptr_array_add(c->target_uuids, (gpointer)engines[i].uuid);
+        }
+        return TRUE;
+    }
+    for (guint i = 0; i < n_targets; i++) {
+        const char *uuid = herd_client_engine_uuid(c, targets[i]);
+        if (!uuid) {
+            g_set_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_NO_ENGINE, "no engine with id %d", targets[i]);
+            return FALSE;
+        }
+        g_array_append_val(c->target_ids, targets[i]);
+        g_ptr_array_add(c->target_uuids, (gpointer)uuid);
+    }
+    return TRUE;
+}
+
+/* Text the caller gave (NULL: not given) must be a JSON object. */
 static gboolean validate_object(const char *what, const char *json, JsonNode **out, GError **err)
 {
+    if (!json)
+        return TRUE;
     GError *local = NULL;
     *out = herd_json_parse_object(HERD_BYTES_STR(json), &local);
     if (!*out) {
@@ -742,6 +902,43 @@ static gboolean validate_object(const char *what, const char *json, JsonNode **o
     return TRUE;
 }
 
+/* Remember a request that will be answered. A broadcast waits for one reply per target,
+ * or one in all when its metadata asks for coalescing; given metadata names the targets as
+ * [uuid, id] pairs. */
+static void track_request(HerdClient *c, HerdChannel channel, const char *msg_id, const char *msg_type,
+                          JsonObject *given_metadata)
+{
+    const char *const *waiting = NULL;
+    guint n_waiting = 0, replies = 1;
+    gboolean coalescing = FALSE;
+    g_autoptr(GPtrArray) given_targets = NULL;
+    if (channel == HERD_CHANNEL_MUX) {
+        waiting = (const char *const *)c->target_uuids->pdata;
+        n_waiting = 1;
+    } else if (channel == HERD_CHANNEL_BROADCAST && !given_metadata) {
+        waiting = (const char *const *)c->target_uuids->pdata;
+        replies = n_waiting = c->target_uuids->len;
+    } else if (channel == HERD_CHANNEL_BROADCAST) {
+        coalescing = herd_json_bool(given_metadata, "is_coalescing", FALSE);
+        JsonArray *pairs = herd_json_array(given_metadata, "targets");
+        given_targets = g_ptr_array_new();
+        for (guint i = 0; pairs && i < json_array_get_length(pairs); i++) {
+            JsonNode *pair = json_array_get_element(pairs, i);
+            JsonArray *a = JSON_NODE_HOLDS_ARRAY(pair) ? json_node_get_array(pair) : NULL;
+            JsonNode *uuid = a && json_array_get_length(a) >= 1 ? json_array_get_element(a, 0) : NULL;
+            if (uuid && JSON_NODE_HOLDS_VALUE(uuid) && json_node_get_value_type(uuid) == G_TYPE_STRING)
+                g_ptr_array_add(given_targets, (gpointer)json_node_get_string(uuid));
+        }
+        waiting = (const char *const *)given_targets->pdata;
+        n_waiting = given_targets->len;
+        replies = coalescing ? 1 : pairs ? json_array_get_length(pairs) : c->target_uuids->len;
+    }
+    if (replies == 0)
+        return;
+    Request *r = request_new(channel, msg_id, msg_type, replies, coalescing, waiting, n_waiting);
+    g_hash_table_insert(c->requests, (gpointer)r->msg_id, r);
+}
+
 gboolean herd_client_submit(HerdClient *c, HerdChannel channel, const char *msg_type, const int *targets,
                             guint n_targets, const char *metadata_json, const char *content_json,
                             const HerdBytes *buffers, guint n_buffers, char **msg_id_out, GError **err)
@@ -751,61 +948,38 @@ gboolean herd_client_submit(HerdClient *c, HerdChannel channel, const char *msg_
                     "a %s request needs exactly one target engine (got %u)", herd_channel_name(channel), n_targets);
         return FALSE;
     }
-    /* A broadcast without targets goes to every registered engine. */
-    g_autofree int *all_ids = NULL;
-    if (channel == HERD_CHANNEL_BROADCAST && n_targets == 0 && !metadata_json) {
-        guint n;
-        const HerdClientEngine *engines = herd_client_engines(c, &n);
-        all_ids = g_new(int, n + 1);
-        for (guint i = 0; i < n; i++)
-            all_ids[i] = engines[i].id;
-        targets = all_ids;
-        n_targets = n;
-    }
-    g_autofree const char **uuids = g_new0(const char *, n_targets + 1);
-    for (guint i = 0; i < n_targets; i++) {
-        uuids[i] = herd_client_engine_uuid(c, targets[i]);
-        if (!uuids[i]) {
-            g_set_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_NO_ENGINE, "no engine with id %d", targets[i]);
-            return FALSE;
-        }
-    }
-    g_autofree char *metadata_owned = metadata_json ? NULL : default_metadata(c, channel, uuids, targets, n_targets);
-    const char *metadata = metadata_json ? metadata_json : metadata_owned;
-    const char *content = content_json ? content_json : "{}";
+    if (!resolve_targets(c, channel, targets, n_targets, metadata_json == NULL, err))
+        return FALSE;
+    /* Only what the caller wrote is checked; what the client builds itself is known good. */
     g_autoptr(JsonNode) metadata_node = NULL;
     g_autoptr(JsonNode) content_node = NULL;
-    if (!validate_object("metadata", metadata, &metadata_node, err) ||
-        !validate_object("content", content, &content_node, err))
+    if (!validate_object("metadata", metadata_json, &metadata_node, err) ||
+        !validate_object("content", content_json, &content_node, err))
         return FALSE;
+    const char *const *uuids = (const char *const *)c->target_uuids->pdata;
+    const char *metadata = metadata_json ? metadata_json
+                                         : default_metadata(c, channel, uuids, (const int *)c->target_ids->data,
+                                                            c->target_ids->len);
 
     HerdFrames f;
     herd_frames_init(&f);
     if (channel == HERD_CHANNEL_MUX || channel == HERD_CHANNEL_CONTROL)
         herd_frames_push(&f, uuids[0], strlen(uuids[0])); /* destination engine, swapped by the relay */
     char *msg_id = NULL;
-    herd_session_build(c->session, &f, msg_type, HERD_BYTES_NULL, HERD_BYTES_STR(metadata), HERD_BYTES_STR(content),
-                       &msg_id);
+    herd_session_build(c->session, &f, msg_type, HERD_BYTES_NULL, HERD_BYTES_STR(metadata),
+                       content_json ? HERD_BYTES_STR(content_json) : HERD_BYTES_NULL, &msg_id);
     for (guint i = 0; i < n_buffers; i++)
         herd_frames_push(&f, buffers[i].data, buffers[i].len);
-    if (herd_frames_send(c->socks[channel], &f) != 0) {
+    int sent = herd_frames_send(c->socks[channel], &f);
+    herd_loop_recheck(c->loop, c->watches[channel]); /* the send may have taken the wake-up of a reply */
+    if (sent != 0) {
         herd_frames_clear(&f);
         g_free(msg_id);
         return set_zmq_error(err, "sending request");
     }
     /* Only requests are answered (comm_* messages, for instance, never are). */
-    gboolean answered = g_str_has_suffix(msg_type, "_request");
-    guint replies = answered ? expected_replies(channel, json_node_get_object(metadata_node), n_targets) : 0;
-    if (replies > 0)
-        g_hash_table_insert(c->outstanding, g_strdup(msg_id), GUINT_TO_POINTER(replies));
-    if (channel == HERD_CHANNEL_MUX && answered) {
-        DirectRequest *d = g_new0(DirectRequest, 1);
-        d->engine_uuid = g_strdup(uuids[0]);
-        d->reply_type = g_strdup_printf("%.*s_reply", (int)(strlen(msg_type) - strlen("_request")), msg_type);
-        g_hash_table_insert(c->direct, g_strdup(msg_id), d);
-    }
-    if (channel == HERD_CHANNEL_BROADCAST && replies > 0)
-        track_broadcast(c, msg_id, msg_type, json_node_get_object(metadata_node));
+    if (g_str_has_suffix(msg_type, "_request"))
+        track_request(c, channel, msg_id, msg_type, metadata_node ? json_node_get_object(metadata_node) : NULL);
     if (msg_id_out)
         *msg_id_out = msg_id;
     else

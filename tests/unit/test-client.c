@@ -15,6 +15,14 @@
 
 enum { F_REG, F_MUX, F_TASK, F_BCAST, F_CONTROL, F_IOPUB, F_NOTIF, F_N };
 
+/* How the fake engines write a MUX reply: the request's content.reply_style (default plain). */
+enum {
+    REPLY_PLAIN,
+    REPLY_ESCAPED,        /* msg_type, status and metadata.engine spelled with JSON escapes */
+    REPLY_NESTED_INVALID, /* content holds a nested value that is not JSON */
+    REPLY_NOT_OBJECT,     /* content is a JSON array */
+};
+
 typedef struct FakeController {
     void *zctx;
     void *socks[F_N];
@@ -51,22 +59,28 @@ static void write_connfile(FakeController *fc)
 }
 
 /* Build an engine reply to request frames `req` (prefix already stripped to the delimiter
- * index), with parent = `parent` bytes, echoing the request buffers. */
+ * index), with parent = `parent` bytes, echoing the request buffers; written as `style`. */
 static void send_engine_reply(FakeController *fc, void *sock, const char *client_id, gsize client_id_len,
                               const char *engine, gboolean engine_frame, const HerdFrames *req, HerdBytes parent,
-                              const char *original_msg_id)
+                              const char *original_msg_id, int style)
 {
     HerdFrames out;
     herd_frames_init(&out);
     herd_frames_push(&out, client_id, client_id_len);
     if (engine_frame)
         herd_frames_push(&out, engine, strlen(engine));
+    /* REPLY_ESCAPED: \u0061 is the engine's first letter, a; \u006f the o of ok. */
+    const char *contents[] = { [REPLY_PLAIN] = "{\"status\": \"ok\"}",
+                               [REPLY_ESCAPED] = "{\"status\": \"\\u006fk\"}",
+                               [REPLY_NESTED_INVALID] = "{\"status\": \"ok\", \"data\": [tru]}",
+                               [REPLY_NOT_OBJECT] = "[\"status\", \"ok\"]" };
     g_autofree char *metadata = g_strdup_printf(
-        "{\"started\": \"2026-01-01T00:00:00.000001Z\", \"dependencies_met\": true, \"engine\": \"%s\", "
+        "{\"started\": \"2026-01-01T00:00:00.000001Z\", \"dependencies_met\": true, \"engine\": \"%s%s\", "
         "\"is_broadcast\": %s, \"is_coalescing\": false, \"original_msg_id\": \"%s\", \"status\": \"ok\"}",
-        engine, original_msg_id ? "true" : "false", original_msg_id ? original_msg_id : "");
-    herd_session_build(fc->session, &out, "apply_reply", parent, HERD_BYTES_STR(metadata),
-                       HERD_BYTES_STR("{\"status\": \"ok\"}"), NULL);
+        style == REPLY_ESCAPED ? "\\u0061" : "", style == REPLY_ESCAPED ? engine + 1 : engine,
+        original_msg_id ? "true" : "false", original_msg_id ? original_msg_id : "");
+    herd_session_build(fc->session, &out, style == REPLY_ESCAPED ? "apply\"reply" : "apply_reply", parent,
+                       HERD_BYTES_STR(metadata), HERD_BYTES_STR(contents[style]), NULL);
     for (guint i = herd_wire(req, HERD_WIRE_BUFFERS); i < req->n; i++)
         herd_frames_push_frame_copy(&out, req, i);
     g_assert_cmpint(herd_frames_send(sock, &out), ==, 0);
@@ -102,8 +116,11 @@ static void answer_mux(FakeController *fc, HerdFrames *in)
     g_autofree char *engine = g_strndup(herd_frame_data(in, 1), herd_frame_size(in, 1));
     if (g_str_equal(engine, ENGINE_C))
         return;
+    g_autoptr(JsonNode) content = herd_json_parse_object(herd_frame_bytes(in, herd_wire(in, HERD_WIRE_CONTENT)), NULL);
+    g_assert_nonnull(content);
+    int style = (int)herd_json_int(json_node_get_object(content), "reply_style", REPLY_PLAIN);
     send_engine_reply(fc, fc->socks[F_MUX], herd_frame_data(in, 0), herd_frame_size(in, 0), engine, TRUE, in, parent,
-                      NULL);
+                      NULL, style);
     publish_idle(fc, engine, parent);
 }
 
@@ -112,7 +129,7 @@ static void answer_task(FakeController *fc, HerdFrames *in)
 {
     const char *engine = (fc->task_turn++ % 2) ? ENGINE_B : ENGINE_A;
     send_engine_reply(fc, fc->socks[F_TASK], herd_frame_data(in, 0), herd_frame_size(in, 0), engine, TRUE, in,
-                      herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL);
+                      herd_frame_bytes(in, herd_wire(in, HERD_WIRE_HEADER)), NULL, REPLY_PLAIN);
 }
 
 /* Broadcast: one reply per metadata target, parent msg_id rewritten to <orig>_<uuid>.
@@ -136,7 +153,7 @@ static void answer_broadcast(FakeController *fc, HerdFrames *in)
         gsize len;
         g_autofree char *parent = herd_json_to_string(header, &len);
         send_engine_reply(fc, fc->socks[F_BCAST], herd_frame_data(in, 0), herd_frame_size(in, 0), uuid, FALSE, in,
-                          (HerdBytes){ parent, len }, orig);
+                          (HerdBytes){ parent, len }, orig, REPLY_PLAIN);
     }
 }
 
@@ -216,12 +233,26 @@ static void fake_controller_stop(FakeController *fc)
 
 /* ---- tests ---- */
 
-static void test_connect_reads_engine_table(void)
+/* A client of a fresh fake controller, connected. */
+static HerdClient *connect_client(FakeController *fc)
 {
-    FakeController *fc = fake_controller_start();
     GError *err = NULL;
     HerdClient *c = herd_client_connect(fc->connfile, 5000, &err);
     g_assert_no_error(err);
+    g_assert_nonnull(c);
+    return c;
+}
+
+static void disconnect_client(HerdClient *c, FakeController *fc)
+{
+    herd_client_close(c);
+    fake_controller_stop(fc);
+}
+
+static void test_connect_reads_engine_table(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
     guint n;
     const HerdClientEngine *engines = herd_client_engines(c, &n);
     g_assert_cmpuint(n, ==, 2);
@@ -231,8 +262,7 @@ static void test_connect_reads_engine_table(void)
     g_assert_cmpstr(herd_client_engine_uuid(c, 1), ==, ENGINE_B);
     g_assert_null(herd_client_engine_uuid(c, 7));
     g_assert_cmpuint(strlen(herd_client_session_id(c)), >, 0);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 static void test_connect_errors(void)
@@ -263,8 +293,7 @@ static void test_connect_errors(void)
 static void test_submit_argument_errors(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     GError *err = NULL;
     int two[] = { 0, 1 };
     g_assert_false(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", two, 2, NULL, NULL, NULL, 0, NULL, &err));
@@ -281,8 +310,7 @@ static void test_submit_argument_errors(void)
     g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_INVALID);
     g_clear_error(&err);
     g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 typedef struct Expected {
@@ -295,8 +323,7 @@ typedef struct Expected {
 static void test_pipelining_every_reply_once(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     g_autoptr(GHashTable) expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     const guint n_mux = 1500, n_task = 1500, n_bcast = 300;
     guint32 payload = 0;
@@ -360,15 +387,13 @@ static void test_pipelining_every_reply_once(void)
     }
     g_assert_no_error(err);
     g_test_message("%u replies, %u idle statuses", received, idles);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 static void test_wait_for_engines_follows_notifications(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     GError *err = NULL;
     g_assert_false(herd_client_wait_for_engines(c, 3, 100, &err));
     g_assert_error(err, HERD_CLIENT_ERROR, HERD_CLIENT_ERROR_TIMEOUT);
@@ -383,8 +408,7 @@ static void test_wait_for_engines_follows_notifications(void)
     g_assert_cmpint(m->kind, ==, HERD_MSG_NOTIFICATION);
     g_assert_cmpstr(m->msg_type, ==, "registration_notification");
     g_assert_cmpint(m->engine_id, ==, 2);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 /* A MUX request whose engine unregisters before answering fails locally with
@@ -392,8 +416,7 @@ static void test_wait_for_engines_follows_notifications(void)
 static void test_unregistration_fails_pending_direct_requests(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     g_atomic_int_set(&fc->announce_engine, 1);
     g_assert_true(herd_client_wait_for_engines(c, 3, 10000, NULL));
     int silent_engine = 2, live_engine = 0;
@@ -418,7 +441,7 @@ static void test_unregistration_fails_pending_direct_requests(void)
             got_failure = TRUE;
             g_assert_cmpstr(m->msg_type, ==, "execute_reply");
             g_assert_cmpstr(m->status, ==, "error");
-            g_assert_cmpstr(json_object_get_string_member(m->content, "ename"), ==, "EngineError");
+            g_assert_cmpstr(json_object_get_string_member(herd_client_msg_content(m), "ename"), ==, "EngineError");
             g_assert_cmpint(m->engine_id, ==, 2);
             g_assert_cmpstr(m->engine_uuid, ==, ENGINE_C);
             g_assert_cmpuint(m->n_buffers, ==, 0);
@@ -432,8 +455,7 @@ static void test_unregistration_fails_pending_direct_requests(void)
     g_assert_null(herd_client_engine_uuid(c, 2));
     g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
     g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 /* Broadcast requests waiting for an engine that unregisters are failed locally, as
@@ -442,8 +464,7 @@ static void test_unregistration_fails_pending_direct_requests(void)
 static void test_unregistration_fails_pending_broadcast_requests(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     g_atomic_int_set(&fc->announce_engine, 1);
     g_assert_true(herd_client_wait_for_engines(c, 3, 10000, NULL));
     const int targets[] = { 0, 2 };
@@ -474,11 +495,11 @@ static void test_unregistration_fails_pending_broadcast_requests(void)
             continue;
         g_assert_cmpint(m->channel, ==, HERD_CHANNEL_BROADCAST);
         g_assert_cmpstr(m->status, ==, "error");
-        g_assert_cmpstr(json_object_get_string_member(m->content, "ename"), ==, "EngineError");
+        g_assert_cmpstr(json_object_get_string_member(herd_client_msg_content(m), "ename"), ==, "EngineError");
         g_assert_cmpstr(m->engine_uuid, ==, ENGINE_C);
         g_assert_cmpint(m->engine_id, ==, 2);
-        g_assert_cmpstr(json_object_get_string_member(m->metadata, "original_msg_id"), ==, m->request_id);
-        const char *parent = json_object_get_string_member(m->parent_header, "msg_id");
+        g_assert_cmpstr(json_object_get_string_member(herd_client_msg_metadata(m), "original_msg_id"), ==, m->request_id);
+        const char *parent = json_object_get_string_member(herd_client_msg_parent_header(m), "msg_id");
         if (g_strcmp0(m->request_id, plain) == 0) {
             g_assert_false(plain_failed);
             plain_failed = TRUE;
@@ -495,15 +516,13 @@ static void test_unregistration_fails_pending_broadcast_requests(void)
     g_assert_true(coalescing_failed);
     g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
     g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
 }
 
 static void test_pollitems_cover_every_socket(void)
 {
     FakeController *fc = fake_controller_start();
-    HerdClient *c = herd_client_connect(fc->connfile, 5000, NULL);
-    g_assert_nonnull(c);
+    HerdClient *c = connect_client(fc);
     zmq_pollitem_t items[8];
     guint n = herd_client_pollitems(c, items, G_N_ELEMENTS(items));
     g_assert_cmpuint(n, ==, 7);
@@ -524,8 +543,164 @@ static void test_pollitems_cover_every_socket(void)
     g_assert_cmpint(m->channel, ==, HERD_CHANNEL_MUX);
     g_assert_cmpstr(m->engine_uuid, ==, ENGINE_A);
     herd_client_msg_free(m);
-    herd_client_close(c);
-    fake_controller_stop(fc);
+    disconnect_client(c, fc);
+}
+
+/* Receive until the reply to request_id arrives (anything else is dropped); NULL at the deadline. */
+static HerdClientMsg *recv_reply_to(HerdClient *c, const char *request_id, gint64 deadline)
+{
+    while (g_get_monotonic_time() < deadline) {
+        HerdClientMsg *m = herd_client_recv(c, 200, NULL);
+        if (m && m->kind == HERD_MSG_REPLY && g_strcmp0(m->request_id, request_id) == 0)
+            return m;
+        herd_client_msg_free(m);
+    }
+    return NULL;
+}
+
+/* A MUX apply_request to engine 0 whose reply the fake engine writes in `style`. */
+static char *submit_styled(HerdClient *c, int style)
+{
+    int target = 0;
+    g_autofree char *content = g_strdup_printf("{\"reply_style\": %d}", style);
+    char *msg_id = NULL;
+    GError *err = NULL;
+    g_assert_true(herd_client_submit(c, HERD_CHANNEL_MUX, "apply_request", &target, 1, NULL, content, NULL, 0, &msg_id,
+                                     &err));
+    g_assert_no_error(err);
+    return msg_id;
+}
+
+/* Submit one request whose reply engine 0 (A) writes in `style`; check the fields read on
+ * arrival and return the reply. */
+static HerdClientMsg *styled_reply(HerdClient *c, int style, const char *msg_type)
+{
+    g_autofree char *msg_id = submit_styled(c, style);
+    HerdClientMsg *m = recv_reply_to(c, msg_id, g_get_monotonic_time() + 10 * G_USEC_PER_SEC);
+    g_assert_nonnull(m);
+    g_assert_cmpstr(m->msg_type, ==, msg_type);
+    g_assert_cmpstr(m->status, ==, "ok");
+    g_assert_cmpstr(m->engine_uuid, ==, ENGINE_A);
+    g_assert_cmpint(m->engine_id, ==, 0);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
+    return m;
+}
+
+/* The fields read on arrival agree with the JSON parts, which are parsed once, on demand;
+ * members spelled with JSON escapes read as their decoded text. */
+static void test_reply_fields_and_parts(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
+    g_autoptr(HerdClientMsg) m = styled_reply(c, REPLY_PLAIN, "apply_reply");
+    JsonObject *header = herd_client_msg_header(m);
+    g_assert_nonnull(header);
+    g_assert_true(herd_client_msg_header(m) == header);
+    g_assert_cmpstr(herd_json_str(header, "msg_type"), ==, m->msg_type);
+    g_assert_cmpstr(herd_json_str(header, "msg_id"), ==, m->msg_id);
+    JsonObject *parent = herd_client_msg_parent_header(m);
+    g_assert_cmpstr(herd_json_str(parent, "msg_id"), ==, m->request_id);
+    g_assert_cmpstr(herd_json_str(parent, "session"), ==, herd_client_session_id(c));
+    JsonObject *metadata = herd_client_msg_metadata(m);
+    g_assert_cmpstr(herd_json_str(metadata, "engine"), ==, ENGINE_A);
+    g_assert_true(herd_json_bool(metadata, "dependencies_met", FALSE));
+    g_assert_cmpstr(herd_json_str(herd_client_msg_content(m), "status"), ==, "ok");
+
+    g_autoptr(HerdClientMsg) escaped = styled_reply(c, REPLY_ESCAPED, "apply\"reply");
+    g_assert_cmpstr(herd_json_str(herd_client_msg_metadata(escaped), "engine"), ==, ENGINE_A);
+    disconnect_client(c, fc);
+}
+
+/* A part that is not an object is refused on arrival; a bad value nested in one is only
+ * found when that part is asked for. */
+static void test_malformed_parts(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    g_autofree char *nested = submit_styled(c, REPLY_NESTED_INVALID);
+    g_autoptr(HerdClientMsg) m = recv_reply_to(c, nested, deadline);
+    g_assert_nonnull(m);
+    g_assert_cmpstr(m->status, ==, "ok");
+    g_assert_nonnull(herd_client_msg_header(m));
+    g_assert_null(herd_client_msg_content(m));
+    g_assert_null(herd_client_msg_content(m));
+
+    /* Replies on one socket arrive in order: once the second is in, the first was refused. */
+    g_autofree char *not_object = submit_styled(c, REPLY_NOT_OBJECT);
+    g_autofree char *plain = submit_styled(c, REPLY_PLAIN);
+    g_autoptr(HerdClientMsg) after = recv_reply_to(c, plain, deadline);
+    g_assert_nonnull(after);
+    g_assert_cmpuint(herd_client_rejected(c), ==, 1);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 1); /* the refused reply's request */
+    disconnect_client(c, fc);
+}
+
+/* The default metadata of a broadcast to every engine follows the engine table: after a
+ * registration the next one waits for three engines, and the third one's leaving fails it. */
+static void test_default_metadata_follows_engine_table(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    for (guint round = 0; round < 2; round++) {
+        g_autofree char *msg_id = NULL;
+        g_assert_true(herd_client_submit(c, HERD_CHANNEL_BROADCAST, "apply_request", NULL, 0, NULL, NULL, NULL, 0,
+                                         &msg_id, NULL));
+        for (guint i = 0; i < 2; i++) { /* engines A and B answer; C never does */
+            g_autoptr(HerdClientMsg) m = recv_reply_to(c, msg_id, deadline);
+            g_assert_nonnull(m);
+            g_assert_cmpstr(m->status, ==, "ok");
+        }
+        g_assert_cmpuint(herd_client_outstanding(c), ==, round); /* the second also waits for C */
+        if (round == 0) {
+            g_atomic_int_set(&fc->announce_engine, 1);
+            g_assert_true(herd_client_wait_for_engines(c, 3, 10000, NULL));
+        }
+    }
+    g_atomic_int_set(&fc->announce_engine, 2);
+    while (herd_client_outstanding(c) > 0 && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 200, NULL);
+        if (m && m->kind == HERD_MSG_REPLY) {
+            g_assert_cmpstr(m->status, ==, "error");
+            g_assert_cmpstr(m->engine_uuid, ==, ENGINE_C);
+        }
+    }
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    disconnect_client(c, fc);
+}
+
+/* Submitting and receiving in turn, with a few requests in flight (as herd bench does):
+ * every reply comes exactly once, although sends keep taking the sockets' wake-ups. */
+static void test_window_every_reply_once(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
+    const guint total = 3000, window = 8;
+    g_autoptr(GHashTable) waiting = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    guint sent = 0, received = 0;
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (received < total && g_get_monotonic_time() < deadline) {
+        while (sent < total && sent - received < window) {
+            HerdChannel ch = sent % 3 == 0 ? HERD_CHANNEL_MUX : HERD_CHANNEL_TASK;
+            int target = (int)(sent % 2);
+            char *msg_id = NULL;
+            g_assert_true(herd_client_submit(c, ch, "apply_request", ch == HERD_CHANNEL_MUX ? &target : NULL,
+                                             ch == HERD_CHANNEL_MUX ? 1 : 0, NULL, NULL, NULL, 0, &msg_id, NULL));
+            g_hash_table_add(waiting, msg_id);
+            sent++;
+        }
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 1000, NULL);
+        if (m && m->kind == HERD_MSG_REPLY) {
+            g_assert_true(g_hash_table_remove(waiting, m->request_id));
+            received++;
+        }
+    }
+    g_assert_cmpuint(received, ==, total);
+    g_assert_cmpuint(herd_client_outstanding(c), ==, 0);
+    g_assert_cmpuint(herd_client_unexpected(c), ==, 0);
+    disconnect_client(c, fc);
 }
 
 int main(int argc, char **argv)
@@ -539,5 +714,9 @@ int main(int argc, char **argv)
     g_test_add_func("/client/pollitems", test_pollitems_cover_every_socket);
     g_test_add_func("/client/unregistration-fails-direct", test_unregistration_fails_pending_direct_requests);
     g_test_add_func("/client/unregistration-fails-broadcast", test_unregistration_fails_pending_broadcast_requests);
+    g_test_add_func("/client/recv/fields-and-parts", test_reply_fields_and_parts);
+    g_test_add_func("/client/recv/malformed-parts", test_malformed_parts);
+    g_test_add_func("/client/submit/default-metadata-follows-engines", test_default_metadata_follows_engine_table);
+    g_test_add_func("/client/submit/window", test_window_every_reply_once);
     return g_test_run();
 }

@@ -7,9 +7,9 @@
  *
  * Everything is single-threaded and non-blocking: herd_client_submit() only queues the
  * message in libzmq (send high-water marks are unlimited), so any number of requests can
- * be in flight; herd_client_recv() polls the client's sockets for up to timeout_ms. To
- * drive a client from your own zmq_poll loop, get its poll items with
- * herd_client_pollitems() and call herd_client_recv(c, 0) when one is readable.
+ * be in flight; herd_client_recv() waits up to timeout_ms for input (in epoll, on the
+ * sockets that may have some). To drive a client from your own zmq_poll loop, get its poll
+ * items with herd_client_pollitems() and call herd_client_recv(c, 0) when one is readable.
  *
  * A HerdClient must only be used from one thread at a time. See docs/client-api.md.
  */
@@ -51,7 +51,9 @@ typedef enum {
 
 typedef struct HerdClient HerdClient;
 
-/* One received message. Every pointer stays valid until herd_client_msg_free(). */
+/* One received message. Every pointer stays valid until herd_client_msg_free(). The
+ * fields below are read from the message when it arrives; the four JSON parts are parsed
+ * only if asked for, with the accessors that follow. */
 typedef struct HerdClientMsg {
     HerdMsgKind kind;
     HerdChannel channel;       /* where a reply came from (unset for other kinds) */
@@ -62,21 +64,27 @@ typedef struct HerdClientMsg {
      * notifications. */
     const char *request_id;
     const char *status;        /* content.status of replies (NULL when absent) */
-    const char *engine_uuid;   /* metadata.engine (NULL when absent) */
+    const char *engine_uuid;   /* metadata.engine; for notifications content.uuid (NULL when absent) */
     int engine_id;             /* engine id of engine_uuid, -1 when unknown */
-    JsonObject *header;
-    JsonObject *parent_header;
-    JsonObject *metadata;
-    JsonObject *content;
     guint n_buffers;
     HerdBytes *buffers;        /* the raw buffer frames after content */
     /* private */
     HerdFrames frames;
-    JsonNode *nodes[4];
+    JsonNode *parts[4];        /* header, parent header, metadata, content once parsed */
+    guint unparsable;          /* bit i: parts[i] is not valid JSON */
 } HerdClientMsg;
 
 void herd_client_msg_free(HerdClientMsg *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(HerdClientMsg, herd_client_msg_free)
+
+/* The message's JSON parts, parsed on the first call (later calls are free) and owned by
+ * the message. A message is delivered only if each part is a JSON object at the top
+ * level; NULL if a value nested inside one turns out not to be valid JSON (no ipyparallel
+ * peer sends that). Like the message, not to be used from two threads at once. */
+JsonObject *herd_client_msg_header(HerdClientMsg *m);
+JsonObject *herd_client_msg_parent_header(HerdClientMsg *m);
+JsonObject *herd_client_msg_metadata(HerdClientMsg *m);
+JsonObject *herd_client_msg_content(HerdClientMsg *m);
 
 typedef struct HerdClientEngine {
     int id;
@@ -142,7 +150,9 @@ guint64 herd_client_unexpected(const HerdClient *c);
 guint64 herd_client_rejected(const HerdClient *c);
 
 /* Fill items (at most max_items, 8 is always enough) with ZMQ_POLLIN entries for every
- * socket of the client; returns how many were written. */
+ * socket of the client; returns how many were written. Once it has been called,
+ * herd_client_recv() looks at every socket each time it has nothing queued (a foreign
+ * zmq_poll takes the wake-ups its own wait relies on), which costs a few system calls. */
 guint herd_client_pollitems(HerdClient *c, zmq_pollitem_t *items, guint max_items);
 
 G_END_DECLS
