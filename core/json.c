@@ -362,15 +362,30 @@ gboolean herd_iso_parse(const char *s, gint64 *unix_usec)
     if (sec > 59) /* Python's datetime has no leap seconds */
         return FALSE;
 
-    /* GDateTime validates the calendar (month lengths, leap years). A date without a zone
-     * is local time, as the Python peers read it. */
-    GTimeZone *tz = naive ? g_time_zone_new_local() : g_time_zone_new_utc();
-    GDateTime *dt = g_date_time_new(tz, year, mon, day, hour, min, 0.0);
-    g_time_zone_unref(tz);
-    if (dt == NULL)
-        return FALSE;
-    gint64 secs = g_date_time_to_unix(dt) + sec - offset_sec;
-    g_date_time_unref(dt);
+    gint64 secs;
+    if (naive) {
+        /* A date without a zone is local time, as the Python peers read it: GDateTime
+         * knows the zone's rules (and validates the calendar). */
+        GTimeZone *tz = g_time_zone_new_local();
+        GDateTime *dt = g_date_time_new(tz, year, mon, day, hour, min, 0.0);
+        g_time_zone_unref(tz);
+        if (dt == NULL)
+            return FALSE;
+        secs = g_date_time_to_unix(dt) + sec;
+        g_date_time_unref(dt);
+    } else {
+        /* The common case (peers write UTC) on the relay path: GDate validates the
+         * calendar and counts the days without allocating. */
+        if (year < 1 || !g_date_valid_dmy((GDateDay)day, (GDateMonth)mon, (GDateYear)year) || hour > 23 ||
+            min > 59)
+            return FALSE;
+        GDate date;
+        g_date_clear(&date, 1);
+        g_date_set_dmy(&date, (GDateDay)day, (GDateMonth)mon, (GDateYear)year);
+        const gint64 julian_1970_01_01 = 719163; /* GDate counts 0001-01-01 as day 1 */
+        secs = ((gint64)g_date_get_julian(&date) - julian_1970_01_01) * 86400 + hour * 3600 + min * 60 + sec -
+               offset_sec;
+    }
     if (unix_usec)
         *unix_usec = secs * G_USEC_PER_SEC + usec;
     return TRUE;

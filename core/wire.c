@@ -76,29 +76,38 @@ static void frames_truncate(HerdFrames *f, guint from)
 int herd_frames_recv(void *sock, HerdFrames *f, int flags)
 {
     guint first = f->n;
+    /* The first part goes to the stack: a receive that finds nothing (EAGAIN, the end of
+     * every batch) then costs no allocation. Only it can block or fail with EAGAIN:
+     * libzmq delivers a multipart message atomically, so the other parts are queued. */
+    zmq_msg_t part;
+    zmq_msg_init(&part);
+    if (zmq_msg_recv(&part, sock, flags) < 0) {
+        int saved = errno;
+        zmq_msg_close(&part);
+        errno = saved;
+        return -1;
+    }
     for (;;) {
         frames_reserve(f, 1);
         zmq_msg_t *m = &f->frames[f->n];
-        zmq_msg_init(m);
-        /* Only the first part can block or fail with EAGAIN: libzmq delivers a multipart
-         * message atomically, so the remaining parts are already queued. */
-        int part_flags = f->n == first ? flags : 0;
-        if (zmq_msg_recv(m, sock, part_flags) < 0) {
+        memcpy(m, &part, sizeof part); /* a move: see the top of this file */
+        f->n++;
+        if (f->delim < 0 && frame_is_delim(m))
+            f->delim = (gint)(f->n - 1);
+        if (!zmq_msg_more(m))
+            return 0;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, sock, 0) < 0) {
             int saved = errno;
-            zmq_msg_close(m);
+            zmq_msg_close(&part);
             frames_truncate(f, first);
-            if (f->n == 0) { /* nothing kept: release the array too (EAGAIN is common) */
+            if (f->n == 0) { /* nothing kept: the caller owes nothing */
                 g_free(f->frames);
                 herd_frames_init(f);
             }
             errno = saved;
             return -1;
         }
-        f->n++;
-        if (f->delim < 0 && frame_is_delim(m))
-            f->delim = (gint)(f->n - 1);
-        if (!zmq_msg_more(m))
-            return 0;
     }
 }
 

@@ -568,6 +568,13 @@ static void test_iso_parse_forms(void)
     g_assert_cmpint(parse_ok("2026-11-27T05:39:13.25-05:30"), ==, base + 250000);
     g_assert_cmpint(parse_ok("2026-11-27T11:09:13+00:00"), ==, base);
     g_assert_cmpint(parse_ok("2026-11-28T00:09:13+13:00"), ==, base);
+    /* Calendar arithmetic at the edges: the epoch, before it, leap days, the year range. */
+    g_assert_cmpint(parse_ok("1970-01-01T00:00:00Z"), ==, 0);
+    g_assert_cmpint(parse_ok("1969-12-31T23:59:59Z"), ==, -G_USEC_PER_SEC);
+    g_assert_cmpint(parse_ok("2024-02-29T12:00:00Z"), ==, G_GINT64_CONSTANT(1709208000) * G_USEC_PER_SEC);
+    g_assert_cmpint(parse_ok("2000-03-01T00:00:00Z"), ==, G_GINT64_CONSTANT(951868800) * G_USEC_PER_SEC);
+    g_assert_cmpint(parse_ok("0001-01-01T00:00:00Z"), ==, G_GINT64_CONSTANT(-62135596800) * G_USEC_PER_SEC);
+    g_assert_cmpint(parse_ok("9999-12-31T23:59:59Z"), ==, G_GINT64_CONSTANT(253402300799) * G_USEC_PER_SEC);
 
     /* No zone: local time, as the Python peers read it. */
     GDateTime *local = g_date_time_new_local(2026, 11, 27, 11, 9, 13);
@@ -581,6 +588,9 @@ static void test_iso_parse_forms(void)
         "2026-11-27T11:09Z",            /* no seconds */
         "2026-11-27",                   /* no time */
         "2026-02-30T00:00:00Z",         /* no such day */
+        "2023-02-29T00:00:00Z",         /* not a leap year */
+        "1900-02-29T00:00:00Z",         /* nor is 1900 */
+        "0000-01-01T00:00:00Z",         /* no year 0 in Python */
         "2026-13-01T00:00:00Z",
         "2026-11-27T24:00:00Z",
         "2026-11-27T11:60:00Z",
