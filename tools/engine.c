@@ -38,11 +38,19 @@ typedef enum { ENGINE_NEW, ENGINE_REGISTERING, ENGINE_RUNNING, ENGINE_STOPPED } 
 
 typedef struct EngineHost EngineHost;
 
-/* A received shell or control request, parsed once. */
+/* A received shell or control request. The header and metadata are only scanned for the
+ * few members an engine reads (herd_json_scan): no json-glib tree on the hot path. */
 typedef struct Request {
     HerdFrames frames;
-    JsonNode *header, *metadata, *content;
-    const char *msg_type, *msg_id;
+    JsonNode *content; /* parsed on first use */
+    const char *msg_type, *msg_id; /* in the buffers below, or owned_* when long or escaped */
+    char msg_type_buf[32], msg_id_buf[96];
+    char *owned_type, *owned_id;
+    /* Copied into the reply's metadata (spec 6.1). */
+    gboolean is_broadcast, is_coalescing;
+    const char *original_msg_id; /* decoded, original_len bytes: in the metadata frame or owned */
+    gsize original_len;
+    char *owned_original;
 } Request;
 
 /* An execute_request running under /bin/sh -c. */
@@ -64,10 +72,17 @@ typedef struct PipeSource {
     int stream; /* 0 stdout, 1 stderr */
 } PipeSource;
 
+/* Watched sockets an engine sent on since the loop last looked at them (see
+ * engine_recheck). */
+enum { SENT_REGISTRATION = 1, SENT_SHELL = 2, SENT_CONTROL = 4 };
+
 struct Engine {
     EngineHost *host;
     HerdSession *session;
     const char *uuid; /* = session id */
+    char *metadata_engine; /* {"engine":"<uuid>"}: the metadata of control replies and IOPub */
+    char *metadata_fixed;  /* the constant members of a shell reply's metadata, see reply_metadata */
+    guint sent_on;         /* SENT_* */
     int id;           /* assigned at registration, -1 before */
     int requested_id; /* -1 = let the controller choose */
     EngineState state;
@@ -98,6 +113,8 @@ struct EngineHost {
     int hb_period_ms;      /* from the registration reply */
     gint64 last_ping_us;   /* controller liveness */
     int exit_status;
+    /* Reused for every message an engine builds (one at a time, one thread). */
+    GString *header_text, *metadata_text, *content_text, *topic_text;
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -114,14 +131,57 @@ static void request_free(Request *r)
 {
     if (!r)
         return;
-    g_clear_pointer(&r->header, json_node_unref);
-    g_clear_pointer(&r->metadata, json_node_unref);
     g_clear_pointer(&r->content, json_node_unref);
+    g_free(r->owned_type);
+    g_free(r->owned_id);
+    g_free(r->owned_original);
     herd_frames_clear(&r->frames);
     g_free(r);
 }
 
-/* Verify and parse a received message, taking its frames; NULL when it is rejected. */
+/* A string member as UTF-8 text: in buf when it fits and has no escapes, else decoded
+ * into *owned. NULL when it is absent, not a string, or not valid. */
+static const char *field_text(const HerdJsonField *f, char *buf, gsize size, char **owned)
+{
+    const char *text = herd_json_field_str(f, buf, size);
+    if (!text && f->kind == HERD_JSON_STRING)
+        text = *owned = herd_json_field_dup(f);
+    return text && g_utf8_validate(text, -1, NULL) ? text : NULL;
+}
+
+/* Read the members of the header and metadata an engine needs; FALSE when the message
+ * is malformed. */
+static gboolean request_scan(Request *r)
+{
+    const HerdFrames *f = &r->frames;
+    HerdJsonField header[] = { { .name = "msg_type" }, { .name = "msg_id" } };
+    HerdJsonField metadata[] = { { .name = "is_broadcast" }, { .name = "is_coalescing" },
+                                 { .name = "original_msg_id" } };
+    if (!herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), header, G_N_ELEMENTS(header)) ||
+        !herd_json_scan(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), metadata, G_N_ELEMENTS(metadata)))
+        return FALSE;
+    r->msg_type = field_text(&header[0], r->msg_type_buf, sizeof r->msg_type_buf, &r->owned_type);
+    r->msg_id = field_text(&header[1], r->msg_id_buf, sizeof r->msg_id_buf, &r->owned_id);
+    r->is_broadcast = metadata[0].kind == HERD_JSON_TRUE;
+    r->is_coalescing = metadata[1].kind == HERD_JSON_TRUE;
+    const HerdJsonField *original = &metadata[2];
+    if (original->kind == HERD_JSON_STRING && !original->escaped) {
+        r->original_msg_id = original->value; /* no escapes: the JSON text is the string */
+        r->original_len = original->len;
+        if (!g_utf8_validate_len(original->value, original->len, NULL))
+            return FALSE;
+    } else if (original->kind == HERD_JSON_STRING) {
+        r->original_msg_id = r->owned_original = herd_json_field_dup(original);
+        if (!r->owned_original || !g_utf8_validate(r->owned_original, -1, NULL))
+            return FALSE;
+        r->original_len = strlen(r->owned_original);
+    } else {
+        r->original_msg_id = ""; /* absent or not a string */
+    }
+    return r->msg_type && r->msg_id;
+}
+
+/* Verify and scan a received message, taking its frames; NULL when it is rejected. */
 static Request *request_take(Engine *e, HerdFrames *frames)
 {
     Request *r = g_new0(Request, 1);
@@ -133,18 +193,8 @@ static Request *request_take(Engine *e, HerdFrames *frames)
         request_free(r);
         return NULL;
     }
-    const HerdFrames *f = &r->frames;
-    r->header = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_HEADER)), NULL);
-    r->metadata = herd_json_parse_object(herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)), NULL);
-    if (!r->header || !r->metadata) {
-        g_warning("engine %d: dropping message with invalid JSON", e->id);
-        request_free(r);
-        return NULL;
-    }
-    r->msg_type = herd_json_str(json_node_get_object(r->header), "msg_type");
-    r->msg_id = herd_json_str(json_node_get_object(r->header), "msg_id");
-    if (!r->msg_type || !r->msg_id) {
-        g_warning("engine %d: dropping message without msg_type/msg_id", e->id);
+    if (!request_scan(r)) {
+        g_warning("engine %d: dropping message with invalid JSON or without msg_type/msg_id", e->id);
         request_free(r);
         return NULL;
     }
@@ -168,58 +218,153 @@ static JsonObject *request_content(Request *r)
 
 /* ---- sending ---- */
 
-static void send_frames(void *sock, HerdFrames *f, const char *what)
+/* Sends a multipart message one frame behind, so that the last frame goes out without
+ * ZMQ_SNDMORE although the number of frames is not known in advance. After a failed
+ * send the remaining frames are dropped. */
+typedef struct PartSender {
+    void *sock;
+    zmq_msg_t held;
+    gboolean holding;
+    int error; /* errno of the first failed send, 0 if none */
+} PartSender;
+
+static void part_flush(PartSender *p, int flags)
 {
-    if (herd_frames_send(sock, f) != 0) {
-        g_warning("cannot send %s: %s", what, zmq_strerror(errno));
-        herd_frames_clear(f);
-    }
+    if (!p->holding)
+        return;
+    p->holding = FALSE;
+    if (p->error == 0 && zmq_msg_send(&p->held, p->sock, flags) >= 0)
+        return;
+    if (p->error == 0)
+        p->error = errno;
+    zmq_msg_close(&p->held);
 }
 
-/* The reply metadata every ipyparallel engine sets (spec 6.1). */
-static JsonNode *reply_metadata(Engine *e, const Request *r, gint64 started_us, const char *status)
+static void part_add_bytes(PartSender *p, const void *data, gsize len)
 {
-    JsonObject *req = json_node_get_object(r->metadata);
+    part_flush(p, ZMQ_SNDMORE);
+    /* zmq_msg_init_size only fails when out of memory, which GLib treats as fatal too. */
+    if (zmq_msg_init_size(&p->held, len) != 0)
+        g_error("zmq_msg_init_size(%" G_GSIZE_FORMAT "): %s", len, zmq_strerror(errno));
+    memcpy(zmq_msg_data(&p->held), data, len);
+    p->holding = TRUE;
+}
+
+/* Frame i of f, shared by reference count (no copy of its bytes). */
+static void part_add_frame(PartSender *p, const HerdFrames *f, guint i)
+{
+    part_flush(p, ZMQ_SNDMORE);
+    zmq_msg_init(&p->held);
+    zmq_msg_copy(&p->held, &f->frames[i]);
+    p->holding = TRUE;
+}
+
+static HerdBytes gstring_bytes(const GString *s)
+{
+    return (HerdBytes){ s->str, s->len };
+}
+
+#define EMPTY_OBJECT ((HerdBytes){ "{}", 2 })
+
+static void engine_note_send(Engine *e, void *sock)
+{
+    if (sock == e->shell)
+        e->sent_on |= SENT_SHELL;
+    else if (sock == e->control)
+        e->sent_on |= SENT_CONTROL;
+    else if (sock == e->registration)
+        e->sent_on |= SENT_REGISTRATION;
+}
+
+/* Sign and send msg_type through sock: the topic frame, or else r's routing prefix (so the
+ * controller routes it back), then a fresh header, r's header as the parent ({} without
+ * r), metadata, content and, with_buffers, r's buffers. r's frames are shared, not copied:
+ * an echo costs the new header, metadata and signature only. */
+static void send_message(Engine *e, void *sock, const Request *r, HerdBytes topic, const char *msg_type,
+                         HerdBytes metadata, HerdBytes content, gboolean with_buffers)
+{
+    GString *header = e->host->header_text;
+    g_string_truncate(header, 0);
+    herd_session_append_header(e->session, header, msg_type, g_get_real_time());
+    const HerdFrames *req = r ? &r->frames : NULL;
+    guint parent = req ? herd_wire(req, HERD_WIRE_HEADER) : 0;
+    HerdBytes parent_bytes = req ? herd_frame_bytes(req, parent) : EMPTY_OBJECT;
+    char sig[65];
+    herd_session_sign(e->session, gstring_bytes(header), parent_bytes, metadata, content, sig);
+
+    PartSender out = { .sock = sock };
+    if (topic.data) {
+        part_add_bytes(&out, topic.data, topic.len);
+    } else if (req) {
+        for (guint i = 0; i < (guint)req->delim; i++)
+            part_add_frame(&out, req, i);
+    }
+    part_add_bytes(&out, HERD_DELIM, HERD_DELIM_LEN);
+    part_add_bytes(&out, sig, strlen(sig));
+    part_add_bytes(&out, header->str, header->len);
+    if (req)
+        part_add_frame(&out, req, parent);
+    else
+        part_add_bytes(&out, parent_bytes.data, parent_bytes.len);
+    part_add_bytes(&out, metadata.data, metadata.len);
+    part_add_bytes(&out, content.data, content.len);
+    if (req && with_buffers)
+        for (guint i = herd_wire(req, HERD_WIRE_BUFFERS); i < req->n; i++)
+            part_add_frame(&out, req, i);
+    part_flush(&out, 0);
+    if (out.error)
+        g_warning("cannot send %s: %s", msg_type, zmq_strerror(out.error));
+    engine_note_send(e, sock);
+}
+
+/* The same with the content as a JSON object node (taken). */
+static void send_message_node(Engine *e, void *sock, const Request *r, HerdBytes topic, const char *msg_type,
+                              HerdBytes metadata, JsonNode *content)
+{
+    gsize len;
+    g_autofree char *text = herd_json_to_string(content, &len);
+    send_message(e, sock, r, topic, msg_type, metadata, (HerdBytes){ text, len }, FALSE);
+    json_node_unref(content);
+}
+
+/* {"engine": uuid}: the metadata of control replies and IOPub messages. */
+static HerdBytes engine_metadata(const Engine *e)
+{
+    return HERD_BYTES_STR(e->metadata_engine);
+}
+
+/* The reply metadata every ipyparallel engine sets (spec 6.1), written from a template
+ * into the host's reused buffer: started, dependencies_met, engine, is_broadcast,
+ * is_coalescing, original_msg_id, status, and engine_info on errors. */
+static HerdBytes reply_metadata(Engine *e, const Request *r, gint64 started_us, const char *status)
+{
+    GString *md = e->host->metadata_text;
     char started[HERD_ISO_LEN];
     herd_iso_format(started_us, started);
-    JsonObject *md = json_object_new();
-    json_object_set_string_member(md, "started", started);
-    json_object_set_boolean_member(md, "dependencies_met", TRUE);
-    json_object_set_string_member(md, "engine", e->uuid);
-    json_object_set_boolean_member(md, "is_broadcast", herd_json_bool(req, "is_broadcast", FALSE));
-    json_object_set_boolean_member(md, "is_coalescing", herd_json_bool(req, "is_coalescing", FALSE));
-    const char *original = herd_json_str(req, "original_msg_id");
-    json_object_set_string_member(md, "original_msg_id", original ? original : "");
-    json_object_set_string_member(md, "status", status);
+    g_string_assign(md, "{\"started\":\"");
+    g_string_append(md, started);
+    g_string_append(md, e->metadata_fixed);
+    g_string_append(md, r->is_broadcast ? "\"is_broadcast\":true," : "\"is_broadcast\":false,");
+    g_string_append(md, r->is_coalescing ? "\"is_coalescing\":true," : "\"is_coalescing\":false,");
+    g_string_append(md, "\"original_msg_id\":\"");
+    herd_json_append_escaped(md, r->original_msg_id, (gssize)r->original_len);
+    g_string_append(md, "\",\"status\":\"");
+    herd_json_append_escaped(md, status, -1);
+    g_string_append_c(md, '"');
     if (g_str_equal(status, "error")) {
-        JsonObject *info = json_object_new();
-        json_object_set_string_member(info, "engine_uuid", e->uuid);
-        json_object_set_int_member(info, "engine_id", e->id);
-        json_object_set_object_member(md, "engine_info", info);
+        g_string_append(md, ",\"engine_info\":{\"engine_uuid\":\"");
+        herd_json_append_escaped(md, e->uuid, -1);
+        g_string_append_printf(md, "\",\"engine_id\":%d}", e->id);
     }
-    JsonNode *node = json_node_new(JSON_NODE_OBJECT);
-    json_node_take_object(node, md);
-    return node;
+    g_string_append_c(md, '}');
+    return gstring_bytes(md);
 }
 
-/* Send msg_type with content (taken) to the peer that sent r, through sock (same routing
- * prefix, parent = r's header). with_buffers: echo r's buffers after the content. */
-static void send_reply(Engine *e, void *sock, const Request *r, const char *msg_type, JsonNode *metadata,
-                       JsonNode *content, gboolean with_buffers)
+/* Send msg_type with content (taken) and the engine's metadata to the peer that sent r,
+ * through sock. */
+static void send_reply(Engine *e, void *sock, const Request *r, const char *msg_type, JsonNode *content)
 {
-    const HerdFrames *req = &r->frames;
-    HerdFrames out;
-    herd_frames_init(&out);
-    for (guint i = 0; i < (guint)req->delim; i++)
-        herd_frames_push_frame_copy(&out, req, i);
-    herd_session_build_node(e->session, &out, msg_type, herd_frame_bytes(req, herd_wire(req, HERD_WIRE_HEADER)),
-                            metadata, content, NULL);
-    if (with_buffers)
-        for (guint i = herd_wire(req, HERD_WIRE_BUFFERS); i < req->n; i++)
-            herd_frames_push_frame_copy(&out, req, i);
-    send_frames(sock, &out, msg_type);
-    json_node_unref(metadata);
-    json_node_unref(content);
+    send_message_node(e, sock, r, HERD_BYTES_NULL, msg_type, engine_metadata(e), content);
 }
 
 static JsonNode *object_node(JsonObject *o)
@@ -229,26 +374,17 @@ static JsonNode *object_node(JsonObject *o)
     return node;
 }
 
-static JsonNode *engine_only_metadata(Engine *e)
+/* IOPub messages go out with topic engine.<id>.<topic>, parent = r's header (or none). */
+static HerdBytes iopub_topic(Engine *e, const char *topic)
 {
-    JsonObject *md = json_object_new();
-    json_object_set_string_member(md, "engine", e->uuid);
-    return object_node(md);
+    GString *t = e->host->topic_text;
+    g_string_printf(t, "engine.%d.%s", e->id, topic);
+    return gstring_bytes(t);
 }
 
-/* Publish an IOPub message on topic engine.<id>.<topic>; parent = r's header (or none). */
 static void publish(Engine *e, const char *topic, const char *msg_type, const Request *r, JsonNode *content)
 {
-    HerdFrames out;
-    herd_frames_init(&out);
-    g_autofree char *full_topic = g_strdup_printf("engine.%d.%s", e->id, topic);
-    herd_frames_push(&out, full_topic, strlen(full_topic));
-    HerdBytes parent = r ? herd_frame_bytes(&r->frames, herd_wire(&r->frames, HERD_WIRE_HEADER)) : HERD_BYTES_NULL;
-    JsonNode *metadata = engine_only_metadata(e);
-    herd_session_build_node(e->session, &out, msg_type, parent, metadata, content, NULL);
-    send_frames(e->host->iopub, &out, msg_type);
-    json_node_unref(metadata);
-    json_node_unref(content);
+    send_message_node(e, e->host->iopub, r, iopub_topic(e, topic), msg_type, engine_metadata(e), content);
 }
 
 static void publish_status(Engine *e, const Request *r, const char *state)
@@ -284,14 +420,14 @@ static JsonNode *status_content(const char *status)
     return object_node(c);
 }
 
-static JsonNode *execute_reply_ok(Engine *e)
+#define STATUS_OK_CONTENT HERD_BYTES_STR("{\"status\":\"ok\"}")
+
+static HerdBytes execute_reply_ok(Engine *e)
 {
-    JsonObject *c = json_object_new();
-    json_object_set_string_member(c, "status", "ok");
-    json_object_set_int_member(c, "execution_count", e->execution_count);
-    json_object_set_object_member(c, "user_expressions", json_object_new());
-    json_object_set_array_member(c, "payload", json_array_new());
-    return object_node(c);
+    GString *c = e->host->content_text;
+    g_string_printf(c, "{\"status\":\"ok\",\"execution_count\":%d,\"user_expressions\":{},\"payload\":[]}",
+                    e->execution_count);
+    return gstring_bytes(c);
 }
 
 /* "execute_request" -> "execute_reply" */
@@ -312,24 +448,32 @@ static void send_kernel_info(Engine *e, void *sock, const Request *r)
     json_object_set_string_member(c, "protocol_version", HERD_PROTOCOL_VERSION);
     json_object_set_string_member(c, "implementation", "herd");
     json_object_set_string_member(c, "implementation_version", "0.1.0");
-    send_reply(e, sock, r, "kernel_info_reply", engine_only_metadata(e), object_node(c), FALSE);
+    send_reply(e, sock, r, "kernel_info_reply", object_node(c));
 }
 
 /* ---- executors ---- */
 
 static void engine_run_next(Engine *e);
 
-/* Final step of every shell request: the reply, then "idle" (Python's blocking execute
- * waits for the idle status after the reply). */
-static void finish_request(Engine *e, Request *r, gint64 started_us, JsonNode *content, gboolean with_buffers,
-                           gboolean publish_idle)
+/* Final step of every shell request: the reply with status and content, then "idle"
+ * (Python's blocking execute waits for the idle status after the reply). */
+static void finish_request(Engine *e, Request *r, const char *reply_type, gint64 started_us, const char *status,
+                           HerdBytes content, gboolean with_buffers, gboolean publish_idle)
 {
-    const char *status = herd_json_str(json_node_get_object(content), "status");
-    g_autofree char *reply_type = reply_type_for(r->msg_type);
-    send_reply(e, e->shell, r, reply_type, reply_metadata(e, r, started_us, status ? status : "ok"), content,
-               with_buffers);
+    send_message(e, e->shell, r, HERD_BYTES_NULL, reply_type, reply_metadata(e, r, started_us, status), content,
+                 with_buffers);
     if (publish_idle)
         publish_status(e, r, "idle");
+}
+
+/* The same for an error (content taken): always followed by "idle". */
+static void finish_request_error(Engine *e, Request *r, gint64 started_us, JsonNode *error)
+{
+    g_autofree char *reply_type = reply_type_for(r->msg_type);
+    gsize len;
+    g_autofree char *text = herd_json_to_string(error, &len);
+    finish_request(e, r, reply_type, started_us, "error", (HerdBytes){ text, len }, FALSE, TRUE);
+    json_node_unref(error);
 }
 
 static void echo_request(Engine *e, Request *r)
@@ -338,10 +482,12 @@ static void echo_request(Engine *e, Request *r)
     gboolean is_execute = g_str_equal(r->msg_type, "execute_request");
     /* Status messages only around execute (Python's blocking execute needs the idle);
      * apply stays a single reply so benchmarks measure the request path. */
-    if (is_execute)
+    if (is_execute) {
         publish_status(e, r, "busy");
-    JsonNode *content = is_execute ? execute_reply_ok(e) : status_content("ok");
-    finish_request(e, r, started, content, TRUE, is_execute);
+        finish_request(e, r, "execute_reply", started, "ok", execute_reply_ok(e), TRUE, TRUE);
+    } else {
+        finish_request(e, r, "apply_reply", started, "ok", STATUS_OK_CONTENT, TRUE, FALSE);
+    }
     request_free(r);
 }
 
@@ -418,7 +564,7 @@ static void shell_execute(Engine *e, Request *r)
     }
     GError *err = NULL;
     if (!shell_start(e, r, &err)) {
-        finish_request(e, r, started, engine_error(e, "OSError", err->message, "execute"), FALSE, TRUE);
+        finish_request_error(e, r, started, engine_error(e, "OSError", err->message, "execute"));
         g_error_free(err);
         request_free(r);
     }
@@ -435,7 +581,7 @@ static void shell_request(Engine *e, Request *r)
     g_autofree char *evalue = g_strdup_printf("a herd shell engine cannot run %s (Python functions); "
                                               "send shell commands with execute instead",
                                               r->msg_type);
-    finish_request(e, r, g_get_real_time(), engine_error(e, "NotImplementedError", evalue, "apply"), FALSE, TRUE);
+    finish_request_error(e, r, g_get_real_time(), engine_error(e, "NotImplementedError", evalue, "apply"));
     request_free(r);
 }
 
@@ -479,9 +625,8 @@ static void shell_finish(Engine *e)
 {
     ShellJob *job = e->job;
     Request *r = job->request;
-    JsonNode *content;
     if (WIFEXITED(job->exit_status) && WEXITSTATUS(job->exit_status) == 0) {
-        content = execute_reply_ok(e);
+        finish_request(e, r, "execute_reply", job->started_us, "ok", execute_reply_ok(e), FALSE, TRUE);
     } else {
         g_autofree char *evalue =
             WIFSIGNALED(job->exit_status)
@@ -489,10 +634,10 @@ static void shell_finish(Engine *e)
                                   WTERMSIG(job->exit_status))
                 : g_strdup_printf("Command '%s' returned non-zero exit status %d.",
                                   herd_json_str(request_content(r), "code"), WEXITSTATUS(job->exit_status));
-        content = engine_error(e, "CalledProcessError", evalue, "execute");
+        JsonNode *content = engine_error(e, "CalledProcessError", evalue, "execute");
         publish(e, "error", "error", r, json_node_copy(content));
+        finish_request_error(e, r, job->started_us, content);
     }
-    finish_request(e, r, job->started_us, content, FALSE, TRUE);
     shell_job_free(e);
     engine_run_next(e);
 }
@@ -526,14 +671,14 @@ static void shell_kill(Engine *e)
 static void send_aborted(Engine *e, Request *r)
 {
     g_autofree char *reply_type = reply_type_for(r->msg_type);
-    send_reply(e, e->shell, r, reply_type, reply_metadata(e, r, g_get_real_time(), "aborted"),
-               status_content("aborted"), FALSE);
+    finish_request(e, r, reply_type, g_get_real_time(), "aborted", HERD_BYTES_STR("{\"status\":\"aborted\"}"), FALSE,
+                   FALSE);
     request_free(r);
 }
 
 static void dispatch_shell(Engine *e, Request *r)
 {
-    if (g_hash_table_remove(e->aborted, r->msg_id)) {
+    if (g_hash_table_size(e->aborted) > 0 && g_hash_table_remove(e->aborted, r->msg_id)) {
         send_aborted(e, r);
         return;
     }
@@ -591,7 +736,7 @@ static void control_abort(Engine *e, Request *r)
         while ((queued = g_queue_pop_head(&e->waiting)))
             send_aborted(e, queued);
     }
-    send_reply(e, e->control, r, "abort_reply", engine_only_metadata(e), status_content("ok"), FALSE);
+    send_reply(e, e->control, r, "abort_reply", status_content("ok"));
 }
 
 static void control_shutdown(Engine *e, Request *r)
@@ -600,7 +745,7 @@ static void control_shutdown(Engine *e, Request *r)
     json_object_set_string_member(c, "status", "ok");
     json_object_set_boolean_member(c, "restart", FALSE);
     JsonNode *content = object_node(c);
-    send_reply(e, e->control, r, "shutdown_reply", engine_only_metadata(e), json_node_copy(content), FALSE);
+    send_reply(e, e->control, r, "shutdown_reply", json_node_copy(content));
     /* The controller unregisters the engine when it sees this on IOPub (spec 5.4). */
     publish(e, "shutdown", "shutdown_reply", r, content);
     engine_stop(e);
@@ -639,13 +784,12 @@ static void control_signal(Engine *e, Request *r, int sig)
 {
     g_autofree char *reply_type = reply_type_for(r->msg_type);
     if (sig == 0) {
-        send_reply(e, e->control, r, reply_type, engine_only_metadata(e),
-                   engine_error(e, "ValueError", "unknown signal", "signal"), FALSE);
+        send_reply(e, e->control, r, reply_type, engine_error(e, "ValueError", "unknown signal", "signal"));
         return;
     }
     if (e->job)
         kill(-e->job->pid, sig);
-    send_reply(e, e->control, r, reply_type, engine_only_metadata(e), status_content("ok"), FALSE);
+    send_reply(e, e->control, r, reply_type, status_content("ok"));
 }
 
 static void on_control_request(Engine *e, Request *r)
@@ -653,7 +797,7 @@ static void on_control_request(Engine *e, Request *r)
     if (g_str_equal(r->msg_type, "abort_request"))
         control_abort(e, r);
     else if (g_str_equal(r->msg_type, "clear_request"))
-        send_reply(e, e->control, r, "clear_reply", engine_only_metadata(e), status_content("ok"), FALSE);
+        send_reply(e, e->control, r, "clear_reply", status_content("ok"));
     else if (g_str_equal(r->msg_type, "shutdown_request"))
         control_shutdown(e, r);
     else if (g_str_equal(r->msg_type, "kernel_info_request"))
@@ -692,21 +836,22 @@ static void connect_port(EngineHost *h, void *s, int port)
 
 static void send_simple(Engine *e, void *sock, const char *msg_type, JsonNode *content)
 {
-    HerdFrames out;
-    herd_frames_init(&out);
-    herd_session_build_node(e->session, &out, msg_type, HERD_BYTES_NULL, NULL, content, NULL);
-    send_frames(sock, &out, msg_type);
-    json_node_unref(content);
+    send_message_node(e, sock, NULL, HERD_BYTES_NULL, msg_type, EMPTY_OBJECT, content);
 }
 
-/* After any send on an engine's sockets: libzmq may have consumed the readiness signal
- * of a message that arrived meanwhile, so look at every socket we read again. */
+/* After sends on an engine's watched sockets: libzmq may have consumed the readiness
+ * signal of a message that arrived meanwhile, so the loop must look at those sockets
+ * again. Only the ones sent on: each look costs libzmq system calls. */
 static void engine_recheck(Engine *e)
 {
     HerdLoop *loop = e->host->loop;
-    herd_loop_recheck(loop, e->w_registration);
-    herd_loop_recheck(loop, e->w_shell);
-    herd_loop_recheck(loop, e->w_control);
+    if (e->sent_on & SENT_REGISTRATION)
+        herd_loop_recheck(loop, e->w_registration);
+    if (e->sent_on & SENT_SHELL)
+        herd_loop_recheck(loop, e->w_shell);
+    if (e->sent_on & SENT_CONTROL)
+        herd_loop_recheck(loop, e->w_control);
+    e->sent_on = 0;
 }
 
 static gboolean on_registration_ready(void *sock, gpointer data);
@@ -737,6 +882,19 @@ static void engine_send_unregistration(Engine *e)
     send_simple(e, e->registration, "unregistration_request", object_node(c));
 }
 
+/* The metadata parts that name the engine, escaped once. */
+static void engine_metadata_init(Engine *e)
+{
+    GString *b = g_string_new("{\"engine\":\"");
+    herd_json_append_escaped(b, e->uuid, -1);
+    g_string_append(b, "\"}");
+    e->metadata_engine = g_strdup(b->str);
+    g_string_assign(b, "\",\"dependencies_met\":true,\"engine\":\"");
+    herd_json_append_escaped(b, e->uuid, -1);
+    g_string_append(b, "\",");
+    e->metadata_fixed = g_string_free(b, FALSE);
+}
+
 static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
 {
     Engine *e = g_new0(Engine, 1);
@@ -747,6 +905,7 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
         return NULL;
     }
     e->uuid = herd_session_id(e->session);
+    engine_metadata_init(e);
     e->id = -1;
     e->requested_id = requested_id;
     e->aborted = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -830,6 +989,8 @@ static void engine_free(Engine *e)
         if (*socks[i])
             zmq_close(*socks[i]);
     g_hash_table_destroy(e->aborted);
+    g_free(e->metadata_engine);
+    g_free(e->metadata_fixed);
     herd_session_free(e->session);
     g_free(e);
 }
@@ -865,17 +1026,20 @@ static void on_registration_reply(HerdFrames *f, gpointer data)
 /* A bounded batch per callback, so one busy engine cannot starve the others. */
 #define BATCH 64
 
-/* Receive up to BATCH messages from sock, handing each to on_message. */
-static gboolean serve_socket(Engine *e, void *sock, HerdFramesFn on_message)
+/* Receive up to BATCH messages from sock (whose SENT_* bit is `self`), handing each to
+ * on_message. */
+static gboolean serve_socket(Engine *e, void *sock, guint self, HerdFramesFn on_message)
 {
     gboolean more = herd_frames_recv_batch(sock, BATCH, on_message, e);
+    if (!more)
+        e->sent_on &= ~self; /* its final receive (EAGAIN) came after every send on it */
     engine_recheck(e);
     return more;
 }
 
 static gboolean on_registration_ready(void *sock, gpointer data)
 {
-    return serve_socket(data, sock, on_registration_reply);
+    return serve_socket(data, sock, SENT_REGISTRATION, on_registration_reply);
 }
 
 static void on_shell_message(HerdFrames *f, gpointer data)
@@ -896,12 +1060,12 @@ static void on_control_message(HerdFrames *f, gpointer data)
 
 static gboolean on_shell_ready(void *sock, gpointer data)
 {
-    return serve_socket(data, sock, on_shell_message);
+    return serve_socket(data, sock, SENT_SHELL, on_shell_message);
 }
 
 static gboolean on_control_ready(void *sock, gpointer data)
 {
-    return serve_socket(data, sock, on_control_message);
+    return serve_socket(data, sock, SENT_CONTROL, on_control_message);
 }
 
 static void on_pipe_ready(int fd, gpointer data)
@@ -1104,6 +1268,9 @@ int herd_cmd_engine(int argc, char **argv)
     g_queue_init(&h.unregistered);
     h.registering = g_ptr_array_new();
     h.reaping = g_ptr_array_new();
+    GString **texts[] = { &h.header_text, &h.metadata_text, &h.content_text, &h.topic_text };
+    for (guint i = 0; i < G_N_ELEMENTS(texts); i++)
+        *texts[i] = g_string_sized_new(256);
     struct sigaction sa = { .sa_handler = on_stop_signal };
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -1128,6 +1295,8 @@ int herd_cmd_engine(int argc, char **argv)
     g_queue_clear(&h.unregistered);
     g_ptr_array_free(h.registering, TRUE);
     g_ptr_array_free(h.reaping, TRUE);
+    for (guint i = 0; i < G_N_ELEMENTS(texts); i++)
+        g_string_free(*texts[i], TRUE);
     if (h.iopub)
         zmq_close(h.iopub);
     if (h.hb_sub)

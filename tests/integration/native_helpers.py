@@ -21,7 +21,8 @@ class NativeEngines:
     """One `herd engine` process serving `count` engines."""
 
     def __init__(self, workdir, profile_dir, executor="shell", count=1, cluster_id=None,
-                 extra_args=(), name="native-engines"):
+                 extra_args=(), name="native-engines", env=None):
+        self.env = env  # extra environment variables
         self.workdir = Path(workdir)
         self.profile_dir = Path(profile_dir)
         self.executor = executor
@@ -43,7 +44,8 @@ class NativeEngines:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         env={**os.environ, **(self.env or {})})
         herdtest.LIVE_LOGS.append(self.log_path)
         return self
 

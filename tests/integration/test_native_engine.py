@@ -2,16 +2,20 @@
 register, run shell commands with their output on IOPub, answer control requests,
 and unregister when they stop."""
 
+import json
 import socket
 import time
+from datetime import datetime
 
 import pytest
 
 import herdtest
 from herdtest import time_scale, wait_until
 from native_helpers import NativeEngines
+from rawpeer import DELIM, RawPeer
 
 import ipyparallel as ipp
+from jupyter_client.jsonutil import parse_date
 
 
 def finished(ar, timeout=20):
@@ -28,13 +32,13 @@ def native_cluster(cluster_factory):
     with the client connected and every engine registered."""
     started = []
 
-    def make(count, executor="shell", python_controller=False, extra_args=()):
+    def make(count, executor="shell", python_controller=False, extra_args=(), env=None):
         cluster = cluster_factory(start=False)
         if python_controller:
             cluster.controller.kind = "python"
         cluster.start(engines=0, client=True)
         engines = NativeEngines(cluster.workdir, cluster.profile_dir, executor=executor,
-                                count=count, extra_args=extra_args).start()
+                                count=count, extra_args=extra_args, env=env).start()
         started.append(engines)
         cluster.client.wait_for_engines(count, timeout=30 * time_scale())
         return cluster, engines
@@ -130,6 +134,101 @@ def test_many_engines_share_one_process(native_cluster):
     assert engines.alive()
 
 
+def assert_reply_metadata(md, rc, eid):
+    """What ipyparallel 7.1's client makes of an engine's reply metadata and header."""
+    assert md["status"] == "ok"
+    assert md["engine_uuid"] == rc._engines[eid]
+    assert md["engine_id"] == eid
+    # submitted: the request's date (the parent header); started: the engine's metadata;
+    # completed: the reply header's date; received: the client's clock. One host, one clock.
+    dates = [md[k] if isinstance(md[k], datetime) else parse_date(md[k])
+             for k in ("submitted", "started", "completed", "received")]
+    assert all(isinstance(d, datetime) for d in dates), md
+    assert dates == sorted(dates), md
+
+
+@pytest.mark.parametrize("python_controller", [False, True], ids=["herdd", "ipcontroller"])
+def test_echo_replies_carry_what_a_python_client_reads(native_cluster, python_controller):
+    """The echo executor writes reply headers and metadata from templates: a Python
+    client must read them exactly as it reads ipengine's, through either controller."""
+    cluster, _ = native_cluster(2, executor="echo", python_controller=python_controller)
+    rc = cluster.client
+    ar = rc[:].execute("anything", block=False)
+    finished(ar)
+    for eid, md in zip(rc.ids, ar._metadata):
+        assert_reply_metadata(md, rc, eid)
+        assert md["is_broadcast"] is False and md["is_coalescing"] is False
+    # apply: the reply carries the request's own buffers back (no result to speak of),
+    # but its metadata is complete.
+    ar = rc[rc.ids[1]].apply_async(lambda: None)
+    ar.wait(20)
+    assert ar.ready()
+    assert_reply_metadata(ar._metadata[0], rc, rc.ids[1])
+
+
+@pytest.mark.parametrize("coalescing", [False, True])
+def test_echo_broadcast_replies_are_matched_to_their_request(native_cluster, coalescing):
+    """Broadcast replies are matched through is_broadcast, is_coalescing and
+    original_msg_id, copied from the request's metadata into the reply's."""
+    cluster, _ = native_cluster(3, executor="echo")
+    rc = cluster.client
+    ar = rc.broadcast_view(is_coalescing=coalescing).execute("anything", block=False)
+    finished(ar)
+    assert len(ar._metadata) == 3
+    for md in ar._metadata:
+        assert md["status"] == "ok"
+        assert md["is_broadcast"] is True
+
+
+ODD_ID = 'we"ird\\id\n\t\u00e9\u0001 </x>'
+ODD_USER = 'o\'dd "user" \\ \u00e9'
+
+
+def signed_frames(peer, prefix, header, metadata_json):
+    """A request with metadata given as JSON text (to control how it is escaped)."""
+    body = [json.dumps(header).encode(), b"{}", metadata_json.encode(), b"{}"]
+    return [*prefix, DELIM, peer.sign(*body), *body]
+
+
+@pytest.mark.parametrize("original_msg_id, ensure_ascii", [
+    (ODD_ID, True),             # quotes, backslashes, control characters: escaped in the request
+    ("plain-\u00e9-id", False),  # raw UTF-8, no escapes: copied as it is
+])
+def test_echo_reply_copies_odd_ids_and_escapes_them(native_cluster, original_msg_id, ensure_ascii):
+    """A raw apply_request through herdd's MUX: the reply's metadata must hold the very
+    original_msg_id the request carried, its parent header must be the request's header
+    byte for byte, its username (the engine's $USER) must survive escaping, and the
+    buffers must come back unchanged."""
+    cluster, _ = native_cluster(1, executor="echo", env={"USER": ODD_USER})
+    rc = cluster.client
+    engine_uuid = rc._engines[rc.ids[0]]
+    info = cluster.controller.connection_info("client")
+    peer = RawPeer(f"{info['interface']}:{info['mux']}", info["key"])
+    try:
+        header = peer.header("apply_request")
+        metadata = json.dumps({"original_msg_id": original_msg_id, "is_broadcast": True,
+                               "is_coalescing": False, "odd \"member\\": [{"x": "}"}]},
+                              ensure_ascii=ensure_ascii)
+        frames = signed_frames(peer, [engine_uuid.encode()], header, metadata)
+        buffers = [b"buffer-1", b"\x00\xff binary"]
+        peer.send(frames + buffers)
+        reply, _ = peer.recv_reply_to(header, 15 * time_scale())
+    finally:
+        peer.close()
+    raw = reply["raw"]
+    delim = raw.index(DELIM)
+    assert raw[delim + 3] == frames[frames.index(DELIM) + 2]  # parent = request header, verbatim
+    assert raw[delim + 6:] == buffers
+    assert reply["header"]["msg_type"] == "apply_reply"
+    assert reply["header"]["username"] == ODD_USER
+    md = reply["metadata"]
+    assert md["original_msg_id"] == original_msg_id
+    assert md["is_broadcast"] is True and md["is_coalescing"] is False
+    assert md["engine"] == engine_uuid
+    assert md["status"] == "ok" and md["dependencies_met"] is True
+    assert reply["content"] == {"status": "ok"}
+
+
 def test_shutdown_request_stops_and_unregisters(native_cluster):
     cluster, engines = native_cluster(2)
     rc = cluster.client
@@ -157,7 +256,6 @@ def test_registration_timeout_exits_255(tmp_path):
             "mux": port, "task": port, "iopub": port, "hb_ping": port, "hb_pong": port,
             "broadcast": [port], "key": "k", "curve_serverkey": None, "location": "localhost",
             "pack": "json", "unpack": "json", "signature_scheme": "hmac-sha256"}
-    import json
     (profile / "security" / "ipcontroller-engine.json").write_text(json.dumps(info))
     engines = NativeEngines(tmp_path, profile, executor="echo", extra_args=["--timeout", "0.5"]).start()
     try:
