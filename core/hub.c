@@ -6,6 +6,7 @@
  */
 #define G_LOG_DOMAIN "herd"
 #include "controller-private.h"
+#include "herd/hash.h"
 #include "hub-queries.h"
 
 #include <errno.h>
@@ -128,8 +129,8 @@ static Engine *engine_new(int id, const char *uuid)
     e->uuid = g_strdup(uuid);
     e->pub.id = id;
     e->pub.uuid = e->uuid;
-    e->queue = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    e->tasks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    e->queue = g_hash_table_new_full(herd_str_hash, g_str_equal, g_free, NULL);
+    e->tasks = g_hash_table_new_full(herd_str_hash, g_str_equal, g_free, NULL);
     e->completed_ids = g_queue_new();
     return e;
 }
@@ -753,7 +754,7 @@ void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *repl
 
 void herd_hub_init(HerdController *ctl)
 {
-    ctl->engines_by_uuid = g_hash_table_new(g_str_hash, g_str_equal);
+    ctl->engines_by_uuid = g_hash_table_new(herd_str_hash, g_str_equal);
     ctl->engines_by_id = g_hash_table_new(g_direct_hash, g_direct_equal);
     ctl->hearts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     ctl->responded = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);

@@ -9,6 +9,7 @@
 #define G_LOG_DOMAIN "herd"
 
 #include "records.h"
+#include "herd/hash.h"
 
 #include <string.h>
 
@@ -1303,7 +1304,7 @@ HerdRecords *herd_records_new(HerdDbKind kind, const HerdRecordLimits *limits)
         db->backend = &none_backend;
     } else {
         MemoryStore *s = g_new0(MemoryStore, 1);
-        s->by_id = g_hash_table_new(g_str_hash, g_str_equal);
+        s->by_id = g_hash_table_new(herd_str_hash, g_str_equal);
         g_queue_init(&s->all);
         g_queue_init(&s->finished);
         s->base.backend = &memory_backend;

@@ -6,6 +6,7 @@
  */
 #define G_LOG_DOMAIN "herd"
 #include "controller-private.h"
+#include "herd/hash.h"
 #include "records.h"
 
 #include <errno.h>
@@ -818,12 +819,24 @@ static gboolean metadata_is_default(HerdBytes b)
     return n_found == n_members;
 }
 
+/* One empty object, shared read-only by every job whose metadata it stands for. */
+static JsonNode *empty_metadata(void)
+{
+    static JsonNode *empty;
+    if (g_once_init_enter(&empty)) {
+        JsonNode *n = json_node_init_object(json_node_alloc(), json_object_new());
+        json_node_seal(n);
+        g_once_init_leave(&empty, n);
+    }
+    return json_node_ref(empty);
+}
+
 /* The request metadata the scheduler sees. An empty object stands for metadata that only
  * repeats the defaults, and for every request of a scheduler that never reads it. */
 static JsonNode *parse_metadata(Channel *ch, HerdBytes b, GError **err)
 {
     if (ch->kind != CH_BROADCAST && (ch->ignores_metadata || metadata_is_default(b)))
-        return herd_json_parse_object(HERD_BYTES_NULL, err);
+        return empty_metadata();
     return herd_json_parse_object(b, err);
 }
 
@@ -1054,9 +1067,9 @@ static void init_channel(HerdController *ctl, int kind)
     ch->kind = kind;
     ch->name = channel_names[kind];
     ch->ctl = ctl;
-    ch->jobs = g_hash_table_new(g_str_hash, g_str_equal);
+    ch->jobs = g_hash_table_new(herd_str_hash, g_str_equal);
     if (kind == CH_BROADCAST)
-        ch->subs = g_hash_table_new(g_str_hash, g_str_equal);
+        ch->subs = g_hash_table_new(herd_str_hash, g_str_equal);
 }
 
 gboolean herd_router_bind_all(HerdController *ctl, GError **err)

@@ -15,6 +15,7 @@
  * op from inside host->dispatch. State is therefore updated before every host call, and
  * graph updates are queued and run by the outermost event only.
  */
+#include <herd/hash.h>
 #include <herd/plugin.h>
 #include <herd/scheduler.h>
 #include <string.h>
@@ -818,12 +819,12 @@ static gpointer task_create(HerdSchedHost *host, GKeyFile *conf, const char *gro
     ts->history_limit = history;
     ts->rng = g_rand_new();
     g_queue_init(&ts->engines);
-    ts->by_uuid = g_hash_table_new(g_str_hash, g_str_equal);
+    ts->by_uuid = g_hash_table_new(herd_str_hash, g_str_equal);
     ts->dead = g_ptr_array_new();
-    ts->facts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
-    ts->live = g_hash_table_new(g_str_hash, g_str_equal);
+    ts->facts = g_hash_table_new_full(herd_str_hash, g_str_equal, NULL, g_free);
+    ts->live = g_hash_table_new(herd_str_hash, g_str_equal);
     ts->queue = g_sequence_new(NULL);
-    ts->graph = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+    ts->graph = g_hash_table_new_full(herd_str_hash, g_str_equal, g_free,
                                       (GDestroyNotify)g_hash_table_destroy);
     g_queue_init(&ts->updates);
     ts->candidates = g_ptr_array_new();

@@ -29,7 +29,7 @@ typedef struct HerdJob {
     const char *msg_id;      /* request header.msg_id */
     const char *msg_type;    /* request header.msg_type */
     const char *target_uuid; /* engine named by the client (mux/control), else NULL */
-    JsonObject *metadata;    /* parsed request metadata; never NULL */
+    JsonObject *metadata;    /* parsed request metadata, read-only (may be shared); never NULL */
     gint64 received_us;      /* monotonic time the core received it */
     gpointer sched;          /* free for the scheduler's per-job state */
     gpointer core;           /* private to the core */
