@@ -20,8 +20,8 @@ packages=(
     python3-ipyparallel python3-zmq python3-psutil python3-pytest python3-pytest-timeout
     # memory checking (HERDD_WRAPPER=valgrind ...)
     valgrind
-    # `herd cluster` launcher tests: Open MPI's mpiexec, an sshd of their own on loopback
-    openmpi-bin openssh-server
+    # `herd cluster` launcher tests: Open MPI's mpiexec, an sshd and a Slurm of their own
+    openmpi-bin openssh-server slurm-wlm
 )
 
 missing_packages() {

@@ -22,9 +22,10 @@
 #include "cluster.h"
 #include "herd-tool.h"
 
-/* How often a start that waits for registrations asks ssh hosts whether their engines
- * still run (each question is an ssh round trip). */
+/* How often a start that waits for registrations asks ssh hosts (an ssh round trip each
+ * time) and Slurm (squeue) whether the engines still run. */
 #define SSH_CHECK_INTERVAL_US (5 * G_USEC_PER_SEC)
+#define SLURM_CHECK_INTERVAL_US (2 * G_USEC_PER_SEC)
 #define SLURM_POLL_INTERVAL_US (G_USEC_PER_SEC / 2)
 
 static gboolean is_herd_engine(const ClusterOptions *o)
@@ -551,7 +552,11 @@ gboolean cluster_launch_engines(const ClusterOptions *o, ClusterState *st, GErro
 
 gboolean cluster_engines_check(ClusterState *st, char **why)
 {
-    static gint64 next_ssh_check;
+    static gint64 next_ssh_check, next_slurm_check;
+    gint64 now = g_get_monotonic_time();
+    gboolean ask_slurm = now >= next_slurm_check;
+    if (ask_slurm)
+        next_slurm_check = now + SLURM_CHECK_INTERVAL_US;
     for (guint i = 0; i < st->engine_sets->len; i++) {
         ClusterProc *p = st->engine_sets->pdata[i];
         if (p->kind == CLUSTER_PROC_LOCAL && !cluster_proc_alive(p)) {
@@ -560,14 +565,14 @@ gboolean cluster_engines_check(ClusterState *st, char **why)
             *why = g_strdup_printf("the engine process %d %s; the end of %s:\n%s", p->pid, how, p->log, tail);
             return FALSE;
         }
-        if (p->kind == CLUSTER_PROC_SLURM && !slurm_job_active(p, 30)) {
+        if (p->kind == CLUSTER_PROC_SLURM && ask_slurm && !slurm_job_active(p, 30)) {
             g_autofree char *tail = cluster_log_tail(p->log, 8);
             *why = g_strdup_printf("Slurm job %s ended; the end of %s:\n%s", p->job_id, p->log, tail);
             return FALSE;
         }
     }
-    if (st->ssh_command && g_get_monotonic_time() >= next_ssh_check) {
-        next_ssh_check = g_get_monotonic_time() + SSH_CHECK_INTERVAL_US;
+    if (st->ssh_command && now >= next_ssh_check) {
+        next_ssh_check = now + SSH_CHECK_INTERVAL_US;
         return ssh_engines_running(st, why);
     }
     return TRUE;
