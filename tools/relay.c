@@ -2,7 +2,9 @@
  * that speaks just enough of the controller protocol for clients and engines to meet
  * (connection and registration requests, heartbeat, notifications) and otherwise only
  * moves frames: MUX and control swap the two routing frames, the task channel deals
- * requests round-robin with no scheduling state, IOPub is forwarded untouched, and
+ * requests round-robin with no scheduling state (or, with --hwm N, to an engine with
+ * fewer than N requests in flight, so that a controller's hwm can be compared with the
+ * same rule done barely), IOPub is forwarded untouched, and
  * broadcast rewrites each copy's msg_id as every broadcast must (spec 6.6). It keeps no
  * records and checks no signatures. Not a controller: see docs/engine.md.
  */
@@ -34,6 +36,7 @@ typedef struct RelayEngine {
     int id;
     char *uuid;
     gboolean registered; /* after its first heartbeat echo */
+    guint in_flight;     /* task requests sent and not answered (--hwm) */
 } RelayEngine;
 
 typedef struct Relay {
@@ -44,6 +47,8 @@ typedef struct Relay {
     GPtrArray *engines;      /* RelayEngine*, registered and pending */
     GPtrArray *registered;   /* RelayEngine*, round-robin order for the task channel */
     guint next_task;
+    guint hwm;               /* 0: round-robin; else at most hwm task requests per engine */
+    GQueue waiting;          /* HerdFrames* task requests held back by the hwm */
     int ping_ms;
     char *client_file, *engine_file;
 } Relay;
@@ -148,14 +153,59 @@ static void on_pong(Relay *r, HerdFrames *in)
     send_hub_message(r, r->socks[R_NOTIFICATION], NULL, "registration_notification", HERD_BYTES_NULL, note);
 }
 
+/* The engine a task request goes to: the next in turn, or with an hwm the first in turn
+ * that has room; NULL when every engine is full. */
+static RelayEngine *next_task_engine(Relay *r)
+{
+    guint n = r->registered->len;
+    for (guint k = 0; k < n; k++) {
+        RelayEngine *e = r->registered->pdata[r->next_task++ % n];
+        if (r->hwm == 0 || e->in_flight < r->hwm)
+            return e;
+    }
+    return NULL;
+}
+
+static void swap_and_forward(void *to, HerdFrames *in);
+
+static void send_task(Relay *r, RelayEngine *e, HerdFrames *in)
+{
+    e->in_flight++;
+    herd_frames_insert(in, 0, e->uuid, strlen(e->uuid));
+    send_or_drop(r->socks[R_TASK_ENGINE], in);
+}
+
 /* Task: [C, M] -> [E, C, M] with the engines taking turns. */
 static void on_task_request(Relay *r, HerdFrames *in)
 {
     if (r->registered->len == 0)
         return; /* nobody to run it: a bare relay drops it */
-    RelayEngine *e = r->registered->pdata[r->next_task++ % r->registered->len];
-    herd_frames_insert(in, 0, e->uuid, strlen(e->uuid));
-    send_or_drop(r->socks[R_TASK_ENGINE], in);
+    RelayEngine *e = next_task_engine(r);
+    if (!e) {
+        HerdFrames *held = g_new(HerdFrames, 1);
+        *held = *in; /* take the frames */
+        herd_frames_init(in);
+        g_queue_push_tail(&r->waiting, held);
+        return;
+    }
+    send_task(r, e, in);
+}
+
+/* Task reply [E, C, M] -> [C, E, M] as any task reply; with an hwm the engine takes the
+ * oldest held request. */
+static void on_task_reply(Relay *r, HerdFrames *in)
+{
+    if (in->n < 2)
+        return;
+    RelayEngine *e = r->hwm ? find_engine(r, herd_frame_data(in, 0), herd_frame_size(in, 0)) : NULL;
+    if (e && e->in_flight > 0)
+        e->in_flight--;
+    swap_and_forward(r->socks[R_TASK_CLIENT], in);
+    HerdFrames *held;
+    if (e && e->in_flight < r->hwm && (held = g_queue_pop_head(&r->waiting))) {
+        send_task(r, e, held);
+        g_free(held);
+    }
 }
 
 /* Broadcast: per target a copy with msg_id "<orig>_<uuid>" and original_msg_id, re-signed. */
@@ -231,7 +281,7 @@ static void relay_handle(Relay *r, int index, HerdFrames *in)
     case R_CONTROL_CLIENT: swap_and_forward(r->socks[R_CONTROL_ENGINE], in); break;
     case R_CONTROL_ENGINE: swap_and_forward(r->socks[R_CONTROL_CLIENT], in); break;
     case R_TASK_CLIENT: on_task_request(r, in); break;
-    case R_TASK_ENGINE: swap_and_forward(r->socks[R_TASK_CLIENT], in); break;
+    case R_TASK_ENGINE: on_task_reply(r, in); break;
     case R_BCAST_CLIENT: on_broadcast_request(r, in); break;
     case R_BCAST_ENGINE: on_broadcast_reply(r, in); break;
     case R_IOPUB_ENGINE: send_or_drop(r->socks[R_IOPUB_CLIENT], in); break;
@@ -355,13 +405,14 @@ static void relay_engine_free(gpointer p)
 int herd_cmd_relay(int argc, char **argv)
 {
     g_autofree char *profile_dir = NULL, *ip = NULL, *cluster_id = NULL, *scheme = NULL;
-    int ping_ms = 3000;
+    int ping_ms = 3000, hwm = 0;
     GOptionEntry entries[] = {
         { "profile-dir", 0, 0, G_OPTION_ARG_FILENAME, &profile_dir, "Profile directory for the connection files", "DIR" },
         { "ip", 0, 0, G_OPTION_ARG_STRING, &ip, "Address to bind (default 127.0.0.1)", "IP" },
         { "ping", 0, 0, G_OPTION_ARG_INT, &ping_ms, "Heartbeat period in ms (default 3000)", "MS" },
         { "cluster-id", 0, 0, G_OPTION_ARG_STRING, &cluster_id, "Cluster id of the connection files", "ID" },
         { "scheme", 0, 0, G_OPTION_ARG_STRING, &scheme, "Accepted for compatibility; the relay deals round-robin", "NAME" },
+        { "hwm", 0, 0, G_OPTION_ARG_INT, &hwm, "Task requests in flight per engine at most (default 0: no limit, round-robin)", "N" },
         { NULL },
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- bare relay baseline for herd bench");
@@ -372,7 +423,8 @@ int herd_cmd_relay(int argc, char **argv)
         g_clear_error(&err);
         return 2;
     }
-    Relay r = { .ping_ms = ping_ms > 0 ? ping_ms : 3000 };
+    Relay r = { .ping_ms = ping_ms > 0 ? ping_ms : 3000, .hwm = (guint)MAX(hwm, 0) };
+    g_queue_init(&r.waiting);
     r.zctx = zmq_ctx_new();
     r.engines = g_ptr_array_new_with_free_func(relay_engine_free);
     r.registered = g_ptr_array_new();
@@ -400,6 +452,11 @@ int herd_cmd_relay(int argc, char **argv)
     zmq_ctx_term(r.zctx);
     if (r.session)
         herd_session_free(r.session);
+    HerdFrames *held;
+    while ((held = g_queue_pop_head(&r.waiting))) {
+        herd_frames_clear(held);
+        g_free(held);
+    }
     g_ptr_array_free(r.registered, TRUE);
     g_ptr_array_free(r.engines, TRUE);
     g_free(r.client_file);

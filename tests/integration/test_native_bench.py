@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import herdtest
-from native_helpers import run_herd
+from native_helpers import herd_path, run_herd
 
 TINY = ["--engines", "2", "--tasks", "200", "--latency-tasks", "30", "--window", "32",
         "--phase-timeout", "60", "--startup-timeout", "30", "--json"]
@@ -65,6 +65,19 @@ def test_bench_raw_relay_baseline():
     for run in report["runs"]:
         check_run(run)
     assert len(report["ratios"]) == 1
+
+
+@pytest.mark.parametrize("hwm", [1, 3])
+def test_bench_relay_with_an_hwm_answers_every_request(hwm):
+    """`herd relay --hwm N` holds task requests back while every engine has N in flight
+    (the bare baseline for a controller's hwm): with a window of 32 over 2 engines most
+    requests wait, and every one must still be answered once."""
+    report = bench("--controller-cmd", f"{herd_path()} relay --hwm {hwm}", "--channels", "lb")
+    (run,) = report["runs"]
+    (channel,) = run["channels"]
+    assert run["error"] is None
+    assert channel["tasks"] == 200 and channel["errors"] == 0 and not channel["timed_out"], channel
+    assert channel["latency_ms"]["samples"] == 30
 
 
 def test_bench_compare_runs_herdd_and_python_back_to_back():
