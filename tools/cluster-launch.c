@@ -140,30 +140,22 @@ static gboolean launch_mpiexec(const ClusterOptions *o, ClusterState *st, GError
 
 /* ---- ssh ---- */
 
-typedef struct SshHost {
-    char *destination;
-    int engines;
-} SshHost;
-
 static void ssh_host_clear(gpointer data)
 {
-    g_free(((SshHost *)data)->destination);
+    g_free(((ClusterHost *)data)->destination);
 }
 
-/* "a,b:2,c" -> hosts with explicit counts; the engines not placed by a count (o->n minus
- * the counts) go round-robin to the hosts without one. -n 0 means one engine per host
- * without a count. */
-static GArray *parse_hosts(const ClusterOptions *o, int *total, GError **err)
+GArray *cluster_parse_hosts(const char *list, int n, int *total, GError **err)
 {
-    g_autoptr(GArray) hosts = g_array_new(FALSE, TRUE, sizeof(SshHost));
+    g_autoptr(GArray) hosts = g_array_new(FALSE, TRUE, sizeof(ClusterHost));
     g_array_set_clear_func(hosts, ssh_host_clear);
-    g_auto(GStrv) items = g_strsplit(o->hosts ? o->hosts : "", ",", -1);
+    g_auto(GStrv) items = g_strsplit(list ? list : "", ",", -1);
     int counted = 0, uncounted = 0;
     for (char **item = items; *item; item++) {
         char *spec = g_strstrip(*item);
         if (!*spec)
             continue;
-        SshHost h = { .engines = -1 };
+        ClusterHost h = { .engines = -1 };
         const char *colon = strrchr(spec, ':');
         char *end = NULL;
         if (colon && colon[1]) {
@@ -184,14 +176,15 @@ static GArray *parse_hosts(const ClusterOptions *o, int *total, GError **err)
         g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "--launcher ssh needs --hosts host[:n],...");
         return NULL;
     }
-    int rest = o->n > 0 ? o->n - counted : uncounted;
-    if (rest < 0 || (rest > 0 && uncounted == 0) || (o->n > 0 && uncounted > 0 && rest < 1)) {
+    /* Every host listed runs at least one engine. */
+    int rest = n > 0 ? n - counted : uncounted;
+    if (uncounted ? rest < uncounted : rest != 0) {
         g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                    "-n %d does not fit --hosts %s (%d engines placed by counts)", o->n, o->hosts, counted);
+                    "-n %d does not fit --hosts %s (%d engines placed by counts)", n, list, counted);
         return NULL;
     }
     for (guint i = 0, k = 0; i < hosts->len; i++) {
-        SshHost *h = &g_array_index(hosts, SshHost, i);
+        ClusterHost *h = &g_array_index(hosts, ClusterHost, i);
         if (h->engines < 0)
             h->engines = rest / uncounted + ((int)k++ < rest % uncounted ? 1 : 0);
     }
@@ -270,7 +263,7 @@ static ClusterProc *parse_started(const char *line, const char *destination)
 static gboolean launch_ssh(const ClusterOptions *o, ClusterState *st, GError **err)
 {
     int total = 0;
-    g_autoptr(GArray) hosts = parse_hosts(o, &total, err);
+    g_autoptr(GArray) hosts = cluster_parse_hosts(o->hosts, o->n, &total, err);
     g_auto(GStrv) ssh = hosts ? shell_words(o->ssh, "ssh", err) : NULL;
     if (!ssh)
         return FALSE;
@@ -292,7 +285,7 @@ static gboolean launch_ssh(const ClusterOptions *o, ClusterState *st, GError **e
     g_autoptr(GPtrArray) logs = g_ptr_array_new_with_free_func((GDestroyNotify)g_ptr_array_unref);
     GError *first_err = NULL;
     for (guint i = 0, index = 0; i < hosts->len && !first_err; i++) {
-        SshHost *h = &g_array_index(hosts, SshHost, i);
+        ClusterHost *h = &g_array_index(hosts, ClusterHost, i);
         int processes = is_herd_engine(o) ? 1 : h->engines;
         GPtrArray *host_logs = g_ptr_array_new_with_free_func(g_free);
         g_ptr_array_add(logs, host_logs);
@@ -310,7 +303,7 @@ static gboolean launch_ssh(const ClusterOptions *o, ClusterState *st, GError **e
     for (guint i = 0; i < hosts->len; i++) {
         if (!runs[i])
             continue;
-        SshHost *h = &g_array_index(hosts, SshHost, i);
+        ClusterHost *h = &g_array_index(hosts, ClusterHost, i);
         GPtrArray *host_logs = logs->pdata[i];
         g_autofree char *out = NULL;
         GError *run_err = NULL;

@@ -97,14 +97,11 @@ gboolean cluster_proc_alive(ClusterProc *p)
     if (p->kind != CLUSTER_PROC_LOCAL || p->pid <= 0 || p->reaped)
         return FALSE;
     int status;
-    pid_t r = waitpid(p->pid, &status, WNOHANG);
-    if (r == p->pid) {
+    if (waitpid(p->pid, &status, WNOHANG) == p->pid) { /* our child (during a start), now reaped */
         p->reaped = TRUE;
         p->wait_status = status;
         return FALSE;
     }
-    if (r == 0)
-        return TRUE; /* our own child, still running */
     ProcStat ps;
     return same_boot(p) && read_proc_stat(p->pid, &ps) && ps.start_time == p->start_time && ps.state != 'Z' &&
            ps.state != 'X';

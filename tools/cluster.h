@@ -121,6 +121,19 @@ typedef struct ClusterOptions {
     double timeout;        /* seconds for one helper command (ssh, sbatch) */
 } ClusterOptions;
 
+/* One entry of --hosts. */
+typedef struct ClusterHost {
+    char *destination; /* what ssh is given */
+    int engines;
+} ClusterHost;
+
+/* Parse --hosts "a,b:2,c": a host with ":k" gets k engines; the engines that no count
+ * places (n minus the counts) go round-robin to the hosts without one, and with n == 0
+ * each of those gets one. An array of ClusterHost (freeing it frees them) and the total
+ * in *total; NULL with err when the list is empty, a count is not a positive number, or
+ * n does not fit (every host listed must get at least one engine). */
+GArray *cluster_parse_hosts(const char *list, int n, int *total, GError **err);
+
 /* Launch the engines of st with the chosen launcher, adding each engine set to st as it
  * starts (so a failure can stop what did start). */
 gboolean cluster_launch_engines(const ClusterOptions *o, ClusterState *st, GError **err);
