@@ -168,13 +168,20 @@ static void test_state_files_of_a_profile(Fixture *f, gconstpointer data)
 
 /* ---- processes ---- */
 
-static ClusterProc *spawn_sleep(const char *root)
+/* cluster_proc_spawn with the output in <root>/<log_name>; the proc even when it failed. */
+static ClusterProc *spawn_logged(const char *root, const char *log_name, char **argv, GError **err)
 {
     ClusterProc *p = cluster_proc_new(CLUSTER_PROC_LOCAL);
-    p->log = g_build_filename(root, "sleep.log", NULL);
+    p->log = g_build_filename(root, log_name, NULL);
+    cluster_proc_spawn(p, argv, NULL, err);
+    return p;
+}
+
+static ClusterProc *spawn_sleep(const char *root)
+{
     char *argv[] = { "sleep", "30", NULL };
     g_autoptr(GError) err = NULL;
-    g_assert_true(cluster_proc_spawn(p, argv, NULL, &err));
+    ClusterProc *p = spawn_logged(root, "sleep.log", argv, &err);
     g_assert_no_error(err);
     return p;
 }
@@ -220,12 +227,11 @@ static void test_identity_guards_against_pid_reuse(Fixture *f, gconstpointer dat
 static void test_descendants(Fixture *f, gconstpointer data)
 {
     (void)data;
-    ClusterProc *p = cluster_proc_new(CLUSTER_PROC_LOCAL);
-    p->log = g_build_filename(f->root, "tree.log", NULL);
     /* a shell with two children (the second one's own child too) */
     char *argv[] = { "sh", "-c", "sleep 30 & sh -c 'sleep 30 & wait' & wait", NULL };
     g_autoptr(GError) err = NULL;
-    g_assert_true(cluster_proc_spawn(p, argv, NULL, &err));
+    ClusterProc *p = spawn_logged(f->root, "tree.log", argv, &err);
+    g_assert_no_error(err);
     GPtrArray *found = NULL;
     for (int i = 0; i < 500; i++) { /* up to 5 s for the shells to fork */
         if (found)
@@ -254,11 +260,9 @@ static void test_descendants(Fixture *f, gconstpointer data)
 static void test_spawn_of_a_missing_program_fails(Fixture *f, gconstpointer data)
 {
     (void)data;
-    ClusterProc *p = cluster_proc_new(CLUSTER_PROC_LOCAL);
-    p->log = g_build_filename(f->root, "missing.log", NULL);
     char *argv[] = { "/nonexistent/engine", NULL };
     g_autoptr(GError) err = NULL;
-    g_assert_false(cluster_proc_spawn(p, argv, NULL, &err));
+    ClusterProc *p = spawn_logged(f->root, "missing.log", argv, &err);
     g_assert_nonnull(err);
     g_assert_nonnull(strstr(err->message, "/nonexistent/engine"));
     cluster_proc_free(p);
