@@ -172,6 +172,9 @@ def test_stop_of_a_cluster_that_died(clusters):
         proc.kill()
     psutil.wait_procs(family, timeout=10)
     assert cluster.connection_file("client").exists()  # nobody cleaned up
+    listing = cluster.run("list")
+    assert listing.returncode == 0
+    assert listing.stdout.splitlines()[1].split()[2:4] == ["stopped", "-/1"]
     result = cluster.stop()
     assert result.returncode == 0, result.stderr
     assert "was not running" in result.stdout
