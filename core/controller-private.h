@@ -79,6 +79,7 @@ typedef struct Reply {
     gboolean kept;       /* the scheduler called reply_keep */
     gboolean consumed;   /* delivered */
     gboolean offering;   /* inside the scheduler's reply callback */
+    struct Job *deliver_to; /* delivered during that callback: sent once it returns */
 } Reply;
 
 enum { CH_MUX = 0, CH_TASK, CH_BROADCAST, CH_CONTROL, CH_COUNT };

@@ -285,11 +285,20 @@ static const HerdSchedHostOps host_ops = {
 };
 
 /* Hand a reply to the channel's scheduler; free it afterwards unless the scheduler keeps it. */
+static void deliver_plain(Channel *ch, Job *job, Reply *r);
+
+/* A reply the scheduler delivers from inside its reply callback goes out after the
+ * callback returns: whatever the callback dispatched (the next task for the engine that
+ * just answered) is sent first, and the engine waits less. */
 static void offer_reply(Channel *ch, Job *job, Reply *r)
 {
     r->offering = TRUE;
     ch->ops->reply(ch->sched, &job->pub, &r->pub);
     r->offering = FALSE;
+    Job *deliver_to = r->deliver_to;
+    r->deliver_to = NULL;
+    if (deliver_to)
+        deliver_plain(ch, deliver_to, r);
     if (r->consumed || !r->kept)
         reply_free(r);
 }
@@ -617,16 +626,9 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
         job_finish(ch, job);
 }
 
-static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
+/* Record a plain job's reply and send it to the client; the job ends here. */
+static void deliver_plain(Channel *ch, Job *job, Reply *r)
 {
-    Channel *ch = channel_of(host);
-    Job *job = hj->core;
-    Reply *r = hr->core;
-    r->consumed = TRUE;
-    if (ch->kind == CH_BROADCAST) {
-        deliver_broadcast(ch, job, r);
-        return;
-    }
     Engine *e = r->engine_uuid ? g_hash_table_lookup(ch->ctl->engines_by_uuid, r->engine_uuid) : NULL;
     if (job->engine)
         herd_hub_job_undispatched(ch->ctl, job);
@@ -640,8 +642,25 @@ static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
         herd_frames_swap(&r->frames, 0, 1); /* [E, C, M'] -> [C, E, M'] */
         send_frames(ch->ctl, ch->client_sock, &r->frames, ch->name);
     }
-    release_reply(r);
     job_finish(ch, job);
+}
+
+static void host_deliver(HerdSchedHost *host, HerdJob *hj, HerdReply *hr)
+{
+    Channel *ch = channel_of(host);
+    Job *job = hj->core;
+    Reply *r = hr->core;
+    r->consumed = TRUE;
+    if (ch->kind == CH_BROADCAST) {
+        deliver_broadcast(ch, job, r);
+        return;
+    }
+    if (r->offering) {
+        r->deliver_to = job; /* offer_reply sends it once the scheduler is done */
+        return;
+    }
+    deliver_plain(ch, job, r);
+    release_reply(r);
 }
 
 /* The error replies of a broadcast job that never reached its engines. */
