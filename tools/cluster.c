@@ -311,7 +311,12 @@ static gboolean complete_start_options(ClusterOptions *o, const ProfileOptions *
         g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-n, --timeout and --ping must not be negative");
         return FALSE;
     }
-    if (o->n == 0 && !g_str_equal(o->launcher, "ssh"))
+    if (g_str_equal(o->launcher, "ssh")) { /* checked before anything starts */
+        int total;
+        g_autoptr(GArray) hosts = cluster_parse_hosts(o->hosts, o->n, &total, err);
+        return hosts != NULL;
+    }
+    if (o->n == 0)
         o->n = (int)g_get_num_processors();
     return TRUE;
 }

@@ -151,6 +151,15 @@ def test_ssh_engine_that_exits_fails_the_start(sshd, clusters):
     assert not cluster.state_path.exists()
 
 
+def test_bad_host_list_is_refused_before_anything_starts(clusters):
+    cluster = clusters()
+    for hosts, message in (("", "needs --hosts"), ("a:3,b:1", "-n 5 does not fit")):
+        result = cluster.run("start", "--launcher", "ssh", "--hosts", hosts, "-n", "5")
+        assert result.returncode == 2
+        assert message in result.stderr
+    assert not (cluster.profile_dir / "log").exists()  # not even herdd's log
+
+
 def test_unreachable_ssh_host_fails_the_start(clusters):
     cluster = clusters()
     closed = free_port()
