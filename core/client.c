@@ -872,7 +872,8 @@ static const char *default_metadata(HerdClient *c, HerdChannel channel, const ch
     if (channel == HERD_CHANNEL_MUX || channel == HERD_CHANNEL_CONTROL)
         return "{}";
     DefaultMetadata *d = &c->defaults[channel];
-    if (d->generation != c->engine_generation || d->ids->len != n || memcmp(d->ids->data, ids, n * sizeof(int))) {
+    if (d->generation != c->engine_generation || d->ids->len != n ||
+        (n > 0 && memcmp(d->ids->data, ids, n * sizeof(int)) != 0)) {
         g_free(d->text);
         d->text = build_default_metadata(channel, uuids, ids, n);
         g_array_set_size(d->ids, 0);

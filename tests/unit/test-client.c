@@ -703,6 +703,41 @@ static void test_window_every_reply_once(void)
     disconnect_client(c, fc);
 }
 
+/* Like ipyparallel, a client sees IOPub output of its own requests only: another client's
+ * idle status, published first on the same PUB socket, never reaches it. */
+static void test_iopub_of_other_clients_is_skipped(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *mine = connect_client(fc), *other = herd_client_connect(fc->connfile, 5000, NULL);
+    g_assert_nonnull(other);
+    int target = 0;
+    g_autofree char *other_id = NULL, *my_id = NULL;
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    g_assert_true(herd_client_submit(other, HERD_CHANNEL_MUX, "apply_request", &target, 1, NULL, NULL, NULL, 0,
+                                     &other_id, NULL));
+    gboolean other_idle = FALSE;
+    while (!other_idle && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(other, 200, NULL);
+        other_idle = m && m->kind == HERD_MSG_IOPUB && g_strcmp0(m->request_id, other_id) == 0;
+    }
+    g_assert_true(other_idle);
+    g_assert_true(herd_client_submit(mine, HERD_CHANNEL_MUX, "apply_request", &target, 1, NULL, NULL, NULL, 0, &my_id,
+                                     NULL));
+    gboolean my_idle = FALSE;
+    while (!my_idle && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(mine, 200, NULL);
+        if (m && m->kind == HERD_MSG_IOPUB) {
+            g_assert_cmpstr(m->request_id, ==, my_id);
+            g_assert_cmpstr(m->msg_type, ==, "status");
+            g_assert_cmpint(m->engine_id, ==, 0);
+            my_idle = TRUE;
+        }
+    }
+    g_assert_true(my_idle);
+    herd_client_close(other);
+    disconnect_client(mine, fc);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -715,6 +750,7 @@ int main(int argc, char **argv)
     g_test_add_func("/client/unregistration-fails-direct", test_unregistration_fails_pending_direct_requests);
     g_test_add_func("/client/unregistration-fails-broadcast", test_unregistration_fails_pending_broadcast_requests);
     g_test_add_func("/client/recv/fields-and-parts", test_reply_fields_and_parts);
+    g_test_add_func("/client/recv/iopub-of-others-skipped", test_iopub_of_other_clients_is_skipped);
     g_test_add_func("/client/recv/malformed-parts", test_malformed_parts);
     g_test_add_func("/client/submit/default-metadata-follows-engines", test_default_metadata_follows_engine_table);
     g_test_add_func("/client/submit/window", test_window_every_reply_once);
