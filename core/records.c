@@ -205,13 +205,28 @@ enum { PART_HEADER = 0, PART_PARENT, PART_METADATA, PART_CONTENT, PART_BUFFERS }
  * reference count (zero-copy). */
 #define RETAIN_COPY_BELOW 1024
 
+/* A stored message: its parts from the header on. The copied parts lie back to back
+ * after the part table in one allocation, so storing a message costs one malloc instead
+ * of one per frame (records are written for every task); the shared ones are frames. */
+typedef struct StoredPart {
+    gsize at;         /* offset in the copied bytes, or index in `shared` */
+    gsize len;
+    gboolean is_shared;
+} StoredPart;
+
+typedef struct Stored {
+    guint n;           /* parts; 0 while nothing is stored */
+    StoredPart *parts; /* the allocation: n parts, then the copied bytes */
+    HerdFrames shared; /* the parts of RETAIN_COPY_BELOW bytes and more */
+} Stored;
+
 typedef struct Record {
     GList all_link;      /* in MemoryStore.all (creation order); data = the record */
     GList finished_link; /* in MemoryStore.finished while the record may be culled */
     gboolean in_finished;
     char *msg_id;
-    HerdFrames request;  /* [header, parent, metadata, content, buffers...]; empty until seen */
-    HerdFrames reply;    /* same layout; empty until answered */
+    Stored request;      /* [header, parent, metadata, content, buffers...]; empty until seen */
+    Stored reply;        /* same layout; empty until answered */
     char *client_uuid;   /* GRefString (interned: many records share a few uuids) */
     char *engine_uuid;   /* GRefString */
     const char *queue;   /* interned */
@@ -224,34 +239,92 @@ typedef struct Record {
     guint64 buffer_bytes; /* request + result buffers */
 } Record;
 
-static void retain_message(HerdFrames *dst, const HerdFrames *msg)
+static void stored_init(Stored *st)
 {
-    for (guint i = herd_wire(msg, HERD_WIRE_HEADER); i < msg->n; i++) {
-        gsize size = herd_frame_size(msg, i);
+    st->n = 0;
+    st->parts = NULL;
+    herd_frames_init(&st->shared);
+}
+
+static void stored_clear(Stored *st)
+{
+    g_free(st->parts);
+    herd_frames_clear(&st->shared);
+    stored_init(st);
+}
+
+/* Store msg's frames from index `first` on, replacing what st held. */
+static void stored_set(Stored *st, const HerdFrames *msg, guint first)
+{
+    stored_clear(st);
+    guint n = msg->n > first ? msg->n - first : 0;
+    gsize copied = 0;
+    for (guint i = 0; i < n; i++) {
+        gsize size = herd_frame_size(msg, first + i);
         if (size < RETAIN_COPY_BELOW)
-            herd_frames_push(dst, herd_frame_data(msg, i), size);
-        else
-            herd_frames_push_frame_copy(dst, msg, i);
+            copied += size;
+    }
+    st->parts = g_malloc(n * sizeof(StoredPart) + copied);
+    st->n = n;
+    char *bytes = (char *)(st->parts + n);
+    gsize at = 0;
+    for (guint i = 0; i < n; i++) {
+        gsize size = herd_frame_size(msg, first + i);
+        if (size < RETAIN_COPY_BELOW) {
+            if (size > 0)
+                memcpy(bytes + at, herd_frame_data(msg, first + i), size);
+            st->parts[i] = (StoredPart){ .at = at, .len = size, .is_shared = FALSE };
+            at += size;
+        } else {
+            st->parts[i] = (StoredPart){ .at = st->shared.n, .len = size, .is_shared = TRUE };
+            herd_frames_push_frame_copy(&st->shared, msg, first + i);
+        }
     }
 }
 
-static guint stored_buffer_count(const HerdFrames *stored)
+static void retain_message(Stored *dst, const HerdFrames *msg)
+{
+    stored_set(dst, msg, herd_wire(msg, HERD_WIRE_HEADER));
+}
+
+static const char *stored_data(const Stored *st, guint part)
+{
+    const StoredPart *p = &st->parts[part];
+    return p->is_shared ? herd_frame_data(&st->shared, (guint)p->at) : (const char *)(st->parts + st->n) + p->at;
+}
+
+static gsize stored_size(const Stored *st, guint part)
+{
+    return st->parts[part].len;
+}
+
+/* Append part `part` to out: the shared frame by reference, a copied one copied again. */
+static void stored_push_part(HerdFrames *out, const Stored *st, guint part)
+{
+    const StoredPart *p = &st->parts[part];
+    if (p->is_shared)
+        herd_frames_push_frame_copy(out, &st->shared, (guint)p->at);
+    else
+        herd_frames_push(out, stored_data(st, part), p->len);
+}
+
+static guint stored_buffer_count(const Stored *stored)
 {
     return stored->n > PART_BUFFERS ? stored->n - PART_BUFFERS : 0;
 }
 
-static guint64 stored_buffer_bytes(const HerdFrames *stored)
+static guint64 stored_buffer_bytes(const Stored *stored)
 {
     guint64 total = 0;
     for (guint i = PART_BUFFERS; i < stored->n; i++)
-        total += herd_frame_size(stored, i);
+        total += stored_size(stored, i);
     return total;
 }
 
-static void append_stored_buffers(HerdFrames *out, const HerdFrames *stored)
+static void append_stored_buffers(HerdFrames *out, const Stored *stored)
 {
     for (guint i = PART_BUFFERS; i < stored->n; i++)
-        herd_frames_push_frame_copy(out, stored, i);
+        stored_push_part(out, stored, i);
 }
 
 static void ref_string_set(char **slot, const char *value)
@@ -282,16 +355,16 @@ static Record *record_new(const char *msg_id)
     rec->all_link.data = rec;
     rec->finished_link.data = rec;
     rec->msg_id = g_strdup(msg_id);
-    herd_frames_init(&rec->request);
-    herd_frames_init(&rec->reply);
+    stored_init(&rec->request);
+    stored_init(&rec->reply);
     rec->submitted = rec->started = rec->completed = rec->received = HERD_RECORD_NO_DATE;
     return rec;
 }
 
 static void record_free(Record *rec)
 {
-    herd_frames_clear(&rec->request);
-    herd_frames_clear(&rec->reply);
+    stored_clear(&rec->request);
+    stored_clear(&rec->reply);
     ref_string_set(&rec->client_uuid, NULL);
     ref_string_set(&rec->engine_uuid, NULL);
     g_free(rec->msg_id);
@@ -442,7 +515,6 @@ static gboolean memory_add_reply(HerdRecords *db, const HerdFrames *msg, const H
     Record *rec = memory_lookup(s, fields->msg_id);
     if (rec == NULL)
         return FALSE;
-    herd_frames_clear(&rec->reply);
     retain_message(&rec->reply, msg);
     memory_account(s, rec);
     rec->started = parse_date_or(fields->started, HERD_RECORD_NO_DATE);
@@ -471,14 +543,17 @@ static gboolean memory_add_result_error(HerdRecords *db, const char *msg_id, con
     gsize len;
     char *text;
 
-    herd_frames_clear(&rec->reply);
+    HerdFrames parts;
+    herd_frames_init(&parts);
     text = herd_json_to_string(header_node, &len);
-    herd_frames_push_take(&rec->reply, text, len);
-    herd_frames_push(&rec->reply, "", 0); /* parent: none */
-    herd_frames_push(&rec->reply, "", 0); /* metadata: none (null) */
+    herd_frames_push_take(&parts, text, len);
+    herd_frames_push(&parts, "", 0); /* parent: none */
+    herd_frames_push(&parts, "", 0); /* metadata: none (null) */
     text = herd_json_to_string(error_content, &len);
-    herd_frames_push_take(&rec->reply, text, len);
+    herd_frames_push_take(&parts, text, len);
     json_node_unref(header_node);
+    stored_set(&rec->reply, &parts, 0);
+    herd_frames_clear(&parts);
 
     memory_account(s, rec);
     rec->completed = now;
@@ -675,15 +750,15 @@ static void value_set_json_text(FieldValue *v, const char *data, gsize len)
     v->json = node;
 }
 
-static void value_set_part(FieldValue *v, const HerdFrames *stored, guint part)
+static void value_set_part(FieldValue *v, const Stored *stored, guint part)
 {
     if (stored->n <= part)
         v->kind = V_NULL;
     else
-        value_set_json_text(v, herd_frame_data(stored, part), herd_frame_size(stored, part));
+        value_set_json_text(v, stored_data(stored, part), stored_size(stored, part));
 }
 
-static void value_set_buffers(FieldValue *v, const HerdFrames *stored)
+static void value_set_buffers(FieldValue *v, const Stored *stored)
 {
     v->kind = stored->n == 0 ? V_NULL : V_BUFFERS;
     v->n_buffers = stored_buffer_count(stored);
@@ -1187,8 +1262,8 @@ static HerdResubmitSource *memory_resubmit_source(HerdRecords *db, const char *m
     Record *rec = memory_lookup(memory(db), msg_id);
     if (rec == NULL || rec->request.n == 0)
         return NULL; /* never requested (IOPub only): nothing to resubmit */
-    JsonNode *header = json_from_text(herd_frame_data(&rec->request, PART_HEADER),
-                                      herd_frame_size(&rec->request, PART_HEADER));
+    JsonNode *header = json_from_text(stored_data(&rec->request, PART_HEADER),
+                                      stored_size(&rec->request, PART_HEADER));
     if (!JSON_NODE_HOLDS_OBJECT(header)) {
         json_node_unref(header);
         return NULL;
@@ -1197,7 +1272,7 @@ static HerdResubmitSource *memory_resubmit_source(HerdRecords *db, const char *m
     src->msg_id = g_strdup(msg_id);
     src->header = header;
     herd_frames_init(&src->parts);
-    herd_frames_push_frame_copy(&src->parts, &rec->request, PART_CONTENT);
+    stored_push_part(&src->parts, &rec->request, PART_CONTENT);
     append_stored_buffers(&src->parts, &rec->request);
     return src;
 }

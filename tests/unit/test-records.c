@@ -889,6 +889,59 @@ static void test_resubmit_lookup(void)
     herd_records_free(db);
 }
 
+/* Small parts are copied into the record and big ones (1024 bytes and more) shared with
+ * the received frames: either way queries give every buffer back intact and in order. */
+static void test_small_and_large_buffers(void)
+{
+    static const gsize sizes[] = { 10, 5000, 0, 1023, 1024, 1 };
+    HerdRecords *db = new_store();
+    HerdFrames f;
+    make_request(&f, "mixed", "client-a", 10, 0, 0);
+    for (guint i = 0; i < G_N_ELEMENTS(sizes); i++) {
+        char *data = g_malloc(sizes[i] + 1);
+        memset(data, 'A' + (char)i, sizes[i]);
+        herd_frames_push_take(&f, data, sizes[i]);
+    }
+    g_assert_true(herd_records_add_request(db, &f, "task", NULL, NULL));
+    herd_frames_clear(&f); /* the record must not depend on the received frames' array */
+    make_reply(&f, "mixed", "e0", 11, 12, 0, 0);
+    herd_frames_push(&f, "tiny", 4);
+    char *big = g_malloc(3000);
+    memset(big, 'z', 3000);
+    herd_frames_push_take(&f, big, 3000);
+    g_assert_true(herd_records_add_reply(db, &f, NULL, BASE_USEC + 13 * G_USEC_PER_SEC));
+    herd_frames_clear(&f);
+
+    JsonObject *request = parse_object("{\"msg_ids\": [\"mixed\"]}");
+    HerdFrames bufs;
+    herd_frames_init(&bufs);
+    JsonNode *reply = herd_records_result_reply(db, request, NULL, &bufs);
+    assert_ok(reply);
+    g_assert_cmpuint(bufs.n, ==, 2);
+    g_assert_cmpmem(herd_frame_data(&bufs, 0), herd_frame_size(&bufs, 0), "tiny", 4);
+    g_assert_cmpuint(herd_frame_size(&bufs, 1), ==, 3000);
+    g_assert_cmpint(((const char *)herd_frame_data(&bufs, 1))[2999], ==, 'z');
+    json_node_unref(reply);
+    json_object_unref(request);
+    herd_frames_clear(&bufs);
+
+    GPtrArray *sources = NULL;
+    request = parse_object("{\"msg_ids\": [\"mixed\"]}");
+    g_assert_null(herd_records_resubmit_lookup(db, request, &sources));
+    HerdResubmitSource *src = sources->pdata[0];
+    g_assert_cmpuint(src->parts.n, ==, 1 + G_N_ELEMENTS(sizes)); /* content + buffers */
+    g_assert_cmpmem(herd_frame_data(&src->parts, 0), herd_frame_size(&src->parts, 0), "{}", 2);
+    for (guint i = 0; i < G_N_ELEMENTS(sizes); i++) {
+        const char *data = herd_frame_data(&src->parts, i + 1);
+        g_assert_cmpuint(herd_frame_size(&src->parts, i + 1), ==, sizes[i]);
+        for (gsize k = 0; k < sizes[i]; k++)
+            g_assert_cmpint(data[k], ==, 'A' + (char)i);
+    }
+    g_ptr_array_unref(sources);
+    json_object_unref(request);
+    herd_records_free(db);
+}
+
 /* ---- tests: limits ---- */
 
 static void test_cull_by_count(void)
@@ -1104,6 +1157,7 @@ int main(int argc, char **argv)
     g_test_add_func("/records/query/db-keys", test_db_keys);
     g_test_add_func("/records/query/purge", test_purge);
     g_test_add_func("/records/query/resubmit", test_resubmit_lookup);
+    g_test_add_func("/records/query/small-and-large-buffers", test_small_and_large_buffers);
     g_test_add_func("/records/limits/count", test_cull_by_count);
     g_test_add_func("/records/limits/size", test_cull_by_size);
     g_test_add_func("/records/limits/many-cycles", test_many_cycles);
