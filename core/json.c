@@ -434,10 +434,39 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
+/* Word-at-a-time byte tests: TRUE when some byte of w is zero, or below n (n <= 128).
+ * Exact as yes/no answers; the scan only uses them to skip plain stretches. */
+#define BYTES_ONES G_GUINT64_CONSTANT(0x0101010101010101)
+#define BYTES_HIGHS G_GUINT64_CONSTANT(0x8080808080808080)
+static inline gboolean word_has_zero(guint64 w)
+{
+    return ((w - BYTES_ONES) & ~w & BYTES_HIGHS) != 0;
+}
+
+static inline gboolean word_has_below(guint64 w, unsigned n)
+{
+    return ((w - BYTES_ONES * n) & ~w & BYTES_HIGHS) != 0;
+}
+
+/* Skip the characters of a string that need no attention (no quote, backslash or control
+ * character) eight at a time: most of a message is such text. */
+static const char *skip_plain_chars(const char *p, const char *end)
+{
+    while (end - p >= 8) {
+        guint64 w;
+        memcpy(&w, p, 8);
+        if (word_has_zero(w ^ (BYTES_ONES * '"')) || word_has_zero(w ^ (BYTES_ONES * '\\')) ||
+            word_has_below(w, 0x20))
+            break;
+        p += 8;
+    }
+    return p;
+}
+
 /* p at an opening quote; returns the position after the closing quote, or NULL. */
 static const char *scan_string(const char *p, const char *end, gboolean *escaped)
 {
-    for (p++; p < end; p++) {
+    for (p = skip_plain_chars(p + 1, end); p < end; p++) {
         if (*p == '\\') {
             *escaped = TRUE;
             p++;

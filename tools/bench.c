@@ -773,21 +773,6 @@ static void print_json(const BenchConfig *cfg, GPtrArray *runs)
 /* ---- command line ---- */
 
 /* herdd next to this program (installed), or in the build tree's daemon/ folder. */
-static char *default_herdd(void)
-{
-    if (g_getenv("HERDD"))
-        return g_strdup(g_getenv("HERDD"));
-    g_autofree char *self = herd_tool_self_path();
-    g_autofree char *dir = g_path_get_dirname(self);
-    const char *candidates[] = { "herdd", "../daemon/herdd" };
-    for (guint i = 0; i < G_N_ELEMENTS(candidates); i++) {
-        g_autofree char *path = g_build_filename(dir, candidates[i], NULL);
-        if (g_file_test(path, G_FILE_TEST_IS_EXECUTABLE))
-            return g_canonicalize_filename(path, NULL);
-    }
-    return g_strdup("herdd");
-}
-
 static gboolean valid_channels(char **channels)
 {
     for (char **ch = channels; ch && *ch; ch++)
@@ -896,7 +881,7 @@ int herd_cmd_bench(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    g_autofree char *herdd = default_herdd();
+    g_autofree char *herdd = herd_tool_find_herdd();
     g_autofree char *main_cmd = cfg.controller_cmd ? g_strdup(cfg.controller_cmd) : g_shell_quote(herdd);
     g_autofree char *python_q = g_shell_quote(cfg.python ? cfg.python : "/usr/bin/python3");
     g_autofree char *python_cmd = g_strdup_printf("%s -m ipyparallel.controller", python_q);

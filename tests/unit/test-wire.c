@@ -650,6 +650,86 @@ static void test_error_content(void)
     json_node_unref(n);
 }
 
+/* The flat member scan: kinds, spans, escapes, nesting, and malformed objects. */
+static void test_json_scan_members(void)
+{
+    const char *json = " {\"a\": \"x\\\"y\", \"n\": -1.5e3, \"t\": true, \"f\": false, \"z\": null, "
+                       "\"o\": {\"a\": \"inner\", \"l\": [1, \"]\", {}]}, \"l\": [], \"s\": \"plain\"} ";
+    HerdJsonField f[] = { { .name = "a" }, { .name = "n" }, { .name = "t" }, { .name = "f" }, { .name = "z" },
+                          { .name = "o" }, { .name = "l" }, { .name = "s" }, { .name = "missing" } };
+    guint members = 0;
+    g_assert_true(herd_json_scan_count(HERD_BYTES_STR(json), f, G_N_ELEMENTS(f), &members));
+    g_assert_cmpuint(members, ==, 8);
+    g_assert_cmpint(f[0].kind, ==, HERD_JSON_STRING);
+    g_assert_true(f[0].escaped);
+    g_autofree char *a = herd_json_field_dup(&f[0]);
+    g_assert_cmpstr(a, ==, "x\"y");
+    g_assert_cmpint(f[1].kind, ==, HERD_JSON_NUMBER);
+    g_assert_cmpmem(f[1].value, f[1].len, "-1.5e3", 6);
+    g_assert_cmpint(f[2].kind, ==, HERD_JSON_TRUE);
+    g_assert_cmpint(f[3].kind, ==, HERD_JSON_FALSE);
+    g_assert_cmpint(f[4].kind, ==, HERD_JSON_NULL);
+    g_assert_cmpint(f[5].kind, ==, HERD_JSON_OBJECT);
+    const char *inner = "{\"a\": \"inner\", \"l\": [1, \"]\", {}]}";
+    g_assert_cmpmem(f[5].value, f[5].len, inner, strlen(inner));
+    g_assert_cmpint(f[6].kind, ==, HERD_JSON_ARRAY);
+    g_assert_cmpuint(f[6].len, ==, 2);
+    g_assert_cmpint(f[7].kind, ==, HERD_JSON_STRING);
+    g_assert_false(f[7].escaped);
+    g_assert_cmpmem(f[7].value, f[7].len, "plain", 5);
+    g_assert_cmpint(f[8].kind, ==, HERD_JSON_ABSENT);
+
+    const char *bad[] = { "", "[]", "{", "{\"a\"}", "{\"a\": }", "{\"a\": \"unterminated}", "{\"a\": 1,}",
+                          "{\"a\": \"ctl\x01\"}", "{\"a\": [1, 2}", "{} x", NULL };
+    for (guint i = 0; bad[i]; i++) {
+        HerdJsonField any = { .name = "a" };
+        if (herd_json_scan(HERD_BYTES_STR(bad[i]), &any, 1))
+            g_error("'%s' should not scan", bad[i]);
+    }
+}
+
+/* Strings are skipped eight bytes at a time: a quote, backslash or control character must
+ * be seen wherever it falls in a word, and at every string length. */
+static void test_json_scan_string_at_every_offset(void)
+{
+    for (guint len = 0; len <= 40; len++) {
+        for (guint at = 0; at <= len; at++) {
+            GString *text = g_string_new("{\"k\": \"");
+            for (guint i = 0; i < len; i++) {
+                if (i == at)
+                    g_string_append(text, "\\\""); /* an escaped quote */
+                else
+                    g_string_append_c(text, (char)('a' + i % 26));
+            }
+            g_string_append(text, "\", \"after\": 7}");
+            HerdJsonField f[] = { { .name = "k" }, { .name = "after" } };
+            g_assert_true(herd_json_scan(((HerdBytes){ text->str, text->len }), f, 2));
+            g_assert_cmpint(f[0].kind, ==, HERD_JSON_STRING);
+            g_assert_cmpuint(f[0].len, ==, at < len ? len + 1 : len);
+            g_assert_true(f[0].escaped == (at < len));
+            g_assert_cmpint(f[1].kind, ==, HERD_JSON_NUMBER);
+
+            /* the same text with a raw control character at `at` is refused */
+            if (at < len) {
+                g_string_truncate(text, 0);
+                g_string_append(text, "{\"k\": \"");
+                for (guint i = 0; i < len; i++)
+                    g_string_append_c(text, i == at ? '\n' : (char)('a' + i % 26));
+                g_string_append(text, "\"}");
+                HerdJsonField k = { .name = "k" };
+                g_assert_false(herd_json_scan(((HerdBytes){ text->str, text->len }), &k, 1));
+            }
+            g_string_free(text, TRUE);
+        }
+    }
+    /* bytes >= 0x80 (UTF-8) are plain text */
+    const char *utf8 = "{\"k\": \"h\xc3\xa9llo w\xc3\xb6rld \xe2\x82\xac \xf0\x9f\x90\x91!\"}";
+    HerdJsonField k = { .name = "k" };
+    g_assert_true(herd_json_scan(HERD_BYTES_STR(utf8), &k, 1));
+    g_assert_cmpuint(k.len, ==, strlen(utf8) - 9);
+    g_assert_false(k.escaped);
+}
+
 /* herd_str_hash keys every relay-path table: equal keys must meet, message ids that differ
  * only in their counter must spread over the buckets, and every length's tail counts. */
 static void test_str_hash(void)
@@ -715,5 +795,7 @@ int main(int argc, char **argv)
     g_test_add_func("/wire/iso/parse-forms", test_iso_parse_forms);
     g_test_add_func("/wire/error-content", test_error_content);
     g_test_add_func("/wire/str-hash", test_str_hash);
+    g_test_add_func("/wire/json-scan/members", test_json_scan_members);
+    g_test_add_func("/wire/json-scan/string-at-every-offset", test_json_scan_string_at_every_offset);
     return g_test_run();
 }
