@@ -25,6 +25,7 @@
 
 typedef struct BenchConfig {
     int engines, clients, tasks, latency_tasks, window, payload, ping_ms;
+    int hwm; /* task scheduler hwm given to every controller; < 0: each keeps its default */
     double phase_seconds, startup_seconds;
     char **channels; /* "mux", "lb", "broadcast" */
     char **schemes;
@@ -456,7 +457,8 @@ static gboolean wait_for_connection_files(const char *profile_dir, Child *contro
     }
 }
 
-static char **controller_argv(const char *cmd, const char *profile_dir, int ping_ms, const char *scheme, GError **err)
+static char **controller_argv(const BenchConfig *cfg, const char *cmd, const char *profile_dir, const char *scheme,
+                              GError **err)
 {
     g_auto(GStrv) base = NULL;
     if (!g_shell_parse_argv(cmd, NULL, &base, err))
@@ -467,9 +469,11 @@ static char **controller_argv(const char *cmd, const char *profile_dir, int ping
     g_ptr_array_add(argv, g_strdup("--profile-dir"));
     g_ptr_array_add(argv, g_strdup(profile_dir));
     g_ptr_array_add(argv, g_strdup("--ip=127.0.0.1"));
-    g_ptr_array_add(argv, g_strdup_printf("--ping=%d", ping_ms));
+    g_ptr_array_add(argv, g_strdup_printf("--ping=%d", cfg->ping_ms));
     if (scheme)
         g_ptr_array_add(argv, g_strdup_printf("--scheme=%s", scheme));
+    if (cfg->hwm >= 0) /* herdd, ipcontroller and herd relay all take --hwm=N */
+        g_ptr_array_add(argv, g_strdup_printf("--hwm=%d", cfg->hwm));
     g_ptr_array_add(argv, NULL);
     return (char **)g_ptr_array_free(argv, FALSE);
 }
@@ -481,7 +485,7 @@ static gboolean start_cluster(const BenchConfig *cfg, const char *cmd, const cha
 {
     g_autofree char *controller_log = g_strdup_printf("%s.controller.log", profile_dir);
     g_autofree char *engines_log = g_strdup_printf("%s.engines.log", profile_dir);
-    g_auto(GStrv) argv = controller_argv(cmd, profile_dir, cfg->ping_ms, scheme, err);
+    g_auto(GStrv) argv = controller_argv(cfg, cmd, profile_dir, scheme, err);
     if (!argv || !child_spawn(controller, argv, controller_log, err) ||
         !wait_for_connection_files(profile_dir, controller, cfg->startup_seconds, err))
         return FALSE;
@@ -731,7 +735,7 @@ static void print_json(const BenchConfig *cfg, GPtrArray *runs)
         int value;
     } ints[] = { { "engines", cfg->engines }, { "clients", cfg->clients }, { "tasks", cfg->tasks },
                  { "latency_tasks", cfg->latency_tasks }, { "window", cfg->window },
-                 { "payload_bytes", cfg->payload }, { "ping_ms", cfg->ping_ms } };
+                 { "payload_bytes", cfg->payload }, { "ping_ms", cfg->ping_ms }, { "hwm", cfg->hwm } };
     for (guint i = 0; i < G_N_ELEMENTS(ints); i++) {
         json_builder_set_member_name(b, ints[i].name);
         json_builder_add_int_value(b, ints[i].value);
@@ -829,7 +833,7 @@ static gboolean run_failed(const RunResult *run)
 int herd_cmd_bench(int argc, char **argv)
 {
     BenchConfig cfg = { .engines = 4, .clients = 1, .tasks = 10000, .latency_tasks = 1000, .window = 256,
-                        .payload = 64, .ping_ms = 100, .phase_seconds = 60, .startup_seconds = 30 };
+                        .payload = 64, .ping_ms = 100, .hwm = -1, .phase_seconds = 60, .startup_seconds = 30 };
     g_autofree char *channels = NULL, *schemes = NULL, *controller_cmd = NULL, *python = NULL;
     GOptionEntry entries[] = {
         { "controller-cmd", 0, 0, G_OPTION_ARG_STRING, &controller_cmd,
@@ -846,6 +850,8 @@ int herd_cmd_bench(int argc, char **argv)
         { "channels", 0, 0, G_OPTION_ARG_STRING, &channels, "Comma list of mux,lb,broadcast (default all)", "LIST" },
         { "schemes", 0, 0, G_OPTION_ARG_STRING, &schemes, "Comma list of task schemes for lb (default leastload)", "LIST" },
         { "ping", 0, 0, G_OPTION_ARG_INT, &cfg.ping_ms, "Controller heartbeat period in ms (default 100)", "MS" },
+        { "hwm", 0, 0, G_OPTION_ARG_INT, &cfg.hwm,
+          "Task scheduler hwm passed to every controller, the relay included (default: each its own; herdd and Python 1, relay 0)", "N" },
         { "phase-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &cfg.phase_seconds, "Seconds each phase may take at most (default 60)", "S" },
         { "startup-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &cfg.startup_seconds, "Seconds to start controller and engines (default 30)", "S" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &cfg.json, "Print the results as JSON", NULL },
@@ -899,8 +905,11 @@ int herd_cmd_bench(int argc, char **argv)
     if (cfg.json) {
         print_json(&cfg, runs);
     } else {
-        printf("herd bench: %d echo engines, %d client(s), %d tasks per channel, window %d, payload %d B\n",
-               cfg.engines, cfg.clients, cfg.tasks, cfg.window, cfg.payload);
+        printf("herd bench: %d echo engines, %d client(s), %d tasks per channel, window %d, payload %d B", cfg.engines,
+               cfg.clients, cfg.tasks, cfg.window, cfg.payload);
+        if (cfg.hwm >= 0)
+            printf(", hwm %d for every controller", cfg.hwm);
+        printf("\n");
         for (guint i = 0; i < runs->len; i++)
             print_run(runs->pdata[i]);
         for (guint i = 1; i < runs->len; i++)

@@ -17,6 +17,7 @@
 #include <glib/gstdio.h>
 
 #include <herd/connfile.h>
+#include <herd/loop.h>
 #include <herd/wire.h>
 
 #include "herd-tool.h"
@@ -41,12 +42,14 @@ typedef struct RelayEngine {
 
 typedef struct Relay {
     void *zctx;
+    HerdLoop *loop;
     void *socks[R_N];
     int ports[R_N];
     HerdSession *session;
     GPtrArray *engines;      /* RelayEngine*, registered and pending */
     GPtrArray *registered;   /* RelayEngine*, round-robin order for the task channel */
     guint next_task;
+    guint64 beat;            /* heartbeat counter */
     guint hwm;               /* 0: round-robin; else at most hwm task requests per engine */
     GQueue waiting;          /* HerdFrames* task requests held back by the hwm */
     int ping_ms;
@@ -71,8 +74,9 @@ static RelayEngine *find_engine(Relay *r, const char *uuid, gsize len)
     return NULL;
 }
 
-static void send_or_drop(void *sock, HerdFrames *f)
+static void send_or_drop(Relay *r, void *sock, HerdFrames *f)
 {
+    herd_loop_touch(r->loop, sock); /* a send can hide the socket's next input edge */
     if (herd_frames_send(sock, f) != 0)
         herd_frames_clear(f);
 }
@@ -86,7 +90,7 @@ static void send_hub_message(Relay *r, void *sock, const HerdFrames *route, cons
     if (route)
         herd_frames_push_frame_copy(&out, route, 0);
     herd_session_build(r->session, &out, msg_type, parent, HERD_BYTES_NULL, HERD_BYTES_STR(content), NULL);
-    send_or_drop(sock, &out);
+    send_or_drop(r, sock, &out);
 }
 
 static char *engines_json(Relay *r)
@@ -166,13 +170,13 @@ static RelayEngine *next_task_engine(Relay *r)
     return NULL;
 }
 
-static void swap_and_forward(void *to, HerdFrames *in);
+static void swap_and_forward(Relay *r, void *to, HerdFrames *in);
 
 static void send_task(Relay *r, RelayEngine *e, HerdFrames *in)
 {
     e->in_flight++;
     herd_frames_insert(in, 0, e->uuid, strlen(e->uuid));
-    send_or_drop(r->socks[R_TASK_ENGINE], in);
+    send_or_drop(r, r->socks[R_TASK_ENGINE], in);
 }
 
 /* Task: [C, M] -> [E, C, M] with the engines taking turns. */
@@ -200,7 +204,7 @@ static void on_task_reply(Relay *r, HerdFrames *in)
     RelayEngine *e = r->hwm ? find_engine(r, herd_frame_data(in, 0), herd_frame_size(in, 0)) : NULL;
     if (e && e->in_flight > 0)
         e->in_flight--;
-    swap_and_forward(r->socks[R_TASK_CLIENT], in);
+    swap_and_forward(r, r->socks[R_TASK_CLIENT], in);
     HerdFrames *held;
     if (e && e->in_flight < r->hwm && (held = g_queue_pop_head(&r->waiting))) {
         send_task(r, e, held);
@@ -249,7 +253,7 @@ static void on_broadcast_request(Relay *r, HerdFrames *in)
             herd_frames_push_frame_copy(&out, in, k);
         herd_frames_find_delim(&out);
         herd_session_resign(r->session, &out);
-        send_or_drop(r->socks[R_BCAST_ENGINE], &out);
+        send_or_drop(r, r->socks[R_BCAST_ENGINE], &out);
     }
 }
 
@@ -259,16 +263,16 @@ static void on_broadcast_reply(Relay *r, HerdFrames *in)
     if (in->n < 2)
         return;
     herd_frames_remove(in, 0);
-    send_or_drop(r->socks[R_BCAST_CLIENT], in);
+    send_or_drop(r, r->socks[R_BCAST_CLIENT], in);
 }
 
 /* MUX/control in both directions, and task replies: swap the two routing frames. */
-static void swap_and_forward(void *to, HerdFrames *in)
+static void swap_and_forward(Relay *r, void *to, HerdFrames *in)
 {
     if (in->n < 2)
         return;
     herd_frames_swap(in, 0, 1);
-    send_or_drop(to, in);
+    send_or_drop(r, to, in);
 }
 
 static void relay_handle(Relay *r, int index, HerdFrames *in)
@@ -276,15 +280,15 @@ static void relay_handle(Relay *r, int index, HerdFrames *in)
     switch (index) {
     case R_REGISTRATION: on_registration(r, in); break;
     case R_HB_PONG: on_pong(r, in); break;
-    case R_MUX_CLIENT: swap_and_forward(r->socks[R_MUX_ENGINE], in); break;
-    case R_MUX_ENGINE: swap_and_forward(r->socks[R_MUX_CLIENT], in); break;
-    case R_CONTROL_CLIENT: swap_and_forward(r->socks[R_CONTROL_ENGINE], in); break;
-    case R_CONTROL_ENGINE: swap_and_forward(r->socks[R_CONTROL_CLIENT], in); break;
+    case R_MUX_CLIENT: swap_and_forward(r, r->socks[R_MUX_ENGINE], in); break;
+    case R_MUX_ENGINE: swap_and_forward(r, r->socks[R_MUX_CLIENT], in); break;
+    case R_CONTROL_CLIENT: swap_and_forward(r, r->socks[R_CONTROL_ENGINE], in); break;
+    case R_CONTROL_ENGINE: swap_and_forward(r, r->socks[R_CONTROL_CLIENT], in); break;
     case R_TASK_CLIENT: on_task_request(r, in); break;
     case R_TASK_ENGINE: on_task_reply(r, in); break;
     case R_BCAST_CLIENT: on_broadcast_request(r, in); break;
     case R_BCAST_ENGINE: on_broadcast_reply(r, in); break;
-    case R_IOPUB_ENGINE: send_or_drop(r->socks[R_IOPUB_CLIENT], in); break;
+    case R_IOPUB_ENGINE: send_or_drop(r, r->socks[R_IOPUB_CLIENT], in); break;
     default: break;
     }
     herd_frames_clear(in);
@@ -366,33 +370,50 @@ static gboolean relay_write_files(Relay *r, const char *ip, const char *profile_
     return herd_connfile_write(r->client_file, "client", &ci, err);
 }
 
+typedef struct RelaySocket {
+    Relay *relay;
+    int index;
+} RelaySocket;
+
+static gboolean on_relay_socket(void *sock, gpointer data)
+{
+    RelaySocket *rs = data;
+    for (int n = 0; n < 256; n++) {
+        HerdFrames in;
+        herd_frames_init(&in);
+        if (herd_frames_recv(sock, &in, ZMQ_DONTWAIT) < 0)
+            return FALSE;
+        relay_handle(rs->relay, rs->index, &in);
+    }
+    return TRUE; /* more may be queued: called again */
+}
+
+static void relay_ping(gpointer data)
+{
+    Relay *r = data;
+    g_autofree char *token = g_strdup_printf("%" G_GUINT64_FORMAT, r->beat++);
+    zmq_send(r->socks[R_HB_PING], token, strlen(token), ZMQ_DONTWAIT);
+    herd_loop_timer_add(r->loop, (guint)r->ping_ms, relay_ping, r);
+}
+
+/* The same event loop as herdd (epoll on the sockets' ZMQ_FD), so that the baseline pays
+ * no more per wake-up than herdd does. */
 static void relay_run(Relay *r)
 {
-    zmq_pollitem_t items[R_N];
-    for (int i = 0; i < R_N; i++)
-        items[i] = (zmq_pollitem_t){ .socket = r->socks[i], .events = ZMQ_POLLIN };
-    gint64 next_ping = g_get_monotonic_time();
-    guint64 beat = 0;
-    while (!relay_stop) {
-        gint64 now = g_get_monotonic_time();
-        if (now >= next_ping) {
-            g_autofree char *token = g_strdup_printf("%" G_GUINT64_FORMAT, beat++);
-            zmq_send(r->socks[R_HB_PING], token, strlen(token), ZMQ_DONTWAIT);
-            next_ping = now + (gint64)r->ping_ms * 1000;
-        }
-        long timeout = (long)MAX(0, (next_ping - now) / 1000);
-        if (zmq_poll(items, R_N, timeout) < 0)
-            continue;
-        for (int i = 0; i < R_N; i++) {
-            if (!(items[i].revents & ZMQ_POLLIN))
-                continue;
-            HerdFrames in;
-            herd_frames_init(&in);
-            for (int n = 0; n < 256 && herd_frames_recv(r->socks[i], &in, ZMQ_DONTWAIT) == 0; n++)
-                relay_handle(r, i, &in);
-            herd_frames_clear(&in); /* a failed receive may leave an empty array behind */
-        }
+    static const int inputs[] = { R_REGISTRATION, R_MUX_CLIENT, R_MUX_ENGINE, R_TASK_CLIENT, R_TASK_ENGINE,
+                                  R_BCAST_CLIENT, R_BCAST_ENGINE, R_CONTROL_CLIENT, R_CONTROL_ENGINE,
+                                  R_IOPUB_ENGINE, R_HB_PONG };
+    RelaySocket watches[G_N_ELEMENTS(inputs)];
+    r->loop = herd_loop_new();
+    for (guint i = 0; i < G_N_ELEMENTS(inputs); i++) {
+        watches[i] = (RelaySocket){ r, inputs[i] };
+        herd_loop_add_socket(r->loop, r->socks[inputs[i]], on_relay_socket, &watches[i]);
     }
+    relay_ping(r);
+    while (!relay_stop)
+        herd_loop_iterate(r->loop, 200); /* signals only set a flag: look at it now and then */
+    herd_loop_free(r->loop);
+    r->loop = NULL;
 }
 
 static void relay_engine_free(gpointer p)

@@ -80,6 +80,18 @@ def test_bench_relay_with_an_hwm_answers_every_request(hwm):
     assert channel["latency_ms"]["samples"] == 30
 
 
+def test_bench_hwm_reaches_every_controller():
+    """`--hwm N` is handed to the controller under test and to the relay alike (a flag either
+    would refuse makes its start fail), and the report says which hwm was used."""
+    report = bench(*controller_args(), "--raw", "--hwm", "2", "--channels", "lb")
+    assert report["config"]["hwm"] == 2
+    assert [run["controller"] for run in report["runs"]] == ["custom", "raw"]
+    for run in report["runs"]:
+        assert run["error"] is None
+        (channel,) = run["channels"]
+        assert channel["tasks"] == 200 and channel["errors"] == 0 and not channel["timed_out"], channel
+
+
 def test_bench_compare_runs_herdd_and_python_back_to_back():
     if not os.access(herdtest.herdd_path(), os.X_OK):
         pytest.skip("herdd is not built")
