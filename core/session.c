@@ -17,6 +17,10 @@
 
 /* Same cap as jupyter_client's Session.digest_history_size. */
 #define DIGEST_HISTORY_CAP 65536
+/* The remembered digests live in blocks of this many, allocated as the history grows and
+ * never moved (the set points into them), used as one ring in arrival order. */
+#define HISTORY_BLOCK 4096
+#define HISTORY_SLOTS (DIGEST_HISTORY_CAP + HISTORY_BLOCK)
 
 #define DIGEST_LEN 32 /* SHA-256 */
 #define DIGEST_HEX_LEN (2 * DIGEST_LEN)        /* 64 */
@@ -36,8 +40,12 @@ struct HerdSession {
      * keeps the key schedule. Signing takes a const session, so the context is behind a
      * pointer, and a lock keeps two threads sharing one session correct. */
     struct Hmac *hmac;
-    /* Digests (DIGEST_LEN bytes, owned) of messages that verified. */
+    /* Digests of messages that verified: a set of pointers into the ring of blocks, so
+     * remembering one costs no allocation. */
     GHashTable *history;
+    unsigned char *history_blocks[HISTORY_SLOTS / HISTORY_BLOCK];
+    guint history_oldest; /* ring slot of the oldest remembered digest */
+    guint history_count;
 };
 
 typedef struct Hmac {
@@ -153,7 +161,7 @@ HerdSession *herd_session_new(const char *key, const char *scheme, const char *u
     s->username = username && *username ? g_strdup(username) : default_username();
     s->pid = (long)getpid();
     header_parts_init(s);
-    s->history = g_hash_table_new_full(digest_hash, digest_equal, g_free, NULL);
+    s->history = g_hash_table_new(digest_hash, digest_equal);
     return s;
 }
 
@@ -169,6 +177,8 @@ void herd_session_free(HerdSession *s)
     g_free(s->header_msg_id_prefix);
     g_free(s->header_middle);
     g_hash_table_destroy(s->history);
+    for (guint i = 0; i < G_N_ELEMENTS(s->history_blocks); i++)
+        g_free(s->history_blocks[i]);
     g_free(s);
 }
 
@@ -184,7 +194,7 @@ const char *herd_session_key(const HerdSession *s)
 
 guint herd_session_history_size(const HerdSession *s)
 {
-    return g_hash_table_size(s->history);
+    return s->history_count;
 }
 
 static guint64 next_message_number(HerdSession *s)
@@ -252,26 +262,31 @@ static void sign_frames(const HerdSession *s, const HerdFrames *f, char out[65])
 
 /* ---- verification and replay refusal ---- */
 
-/* Forget about a tenth of the history (at least enough to get back under the cap), as
- * jupyter_client does. Which entries go does not matter: GHashTable iterates in hash
- * order, and the hashes are HMAC bytes, so this drops an unpredictable subset. */
-static void history_cull(HerdSession *s)
+static unsigned char *history_slot(HerdSession *s, guint slot)
 {
-    guint size = g_hash_table_size(s->history);
-    guint to_drop = MAX(size / 10, size - DIGEST_HISTORY_CAP);
-    GHashTableIter it;
-    g_hash_table_iter_init(&it, s->history);
-    while (to_drop > 0 && g_hash_table_iter_next(&it, NULL, NULL)) {
-        g_hash_table_iter_remove(&it);
-        to_drop--;
-    }
+    unsigned char **block = &s->history_blocks[slot / HISTORY_BLOCK];
+    if (!*block)
+        *block = g_malloc((gsize)HISTORY_BLOCK * DIGEST_LEN);
+    return *block + (gsize)(slot % HISTORY_BLOCK) * DIGEST_LEN;
 }
 
+/* Past the cap, forget the oldest tenth (at least enough to get back under it).
+ * jupyter_client forgets a random tenth; the oldest is what a replay is least likely to
+ * reuse, and it keeps the ring contiguous. */
 static void history_remember(HerdSession *s, const unsigned char digest[DIGEST_LEN])
 {
-    g_hash_table_add(s->history, g_memdup2(digest, DIGEST_LEN));
-    if (g_hash_table_size(s->history) > DIGEST_HISTORY_CAP)
-        history_cull(s);
+    unsigned char *slot = history_slot(s, (s->history_oldest + s->history_count) % HISTORY_SLOTS);
+    memcpy(slot, digest, DIGEST_LEN);
+    g_hash_table_add(s->history, slot);
+    s->history_count++;
+    if (s->history_count <= DIGEST_HISTORY_CAP)
+        return;
+    guint to_drop = MAX(s->history_count / 10, s->history_count - DIGEST_HISTORY_CAP);
+    for (; to_drop > 0; to_drop--) {
+        g_hash_table_remove(s->history, history_slot(s, s->history_oldest));
+        s->history_oldest = (s->history_oldest + 1) % HISTORY_SLOTS;
+        s->history_count--;
+    }
 }
 
 HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f)

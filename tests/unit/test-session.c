@@ -651,40 +651,51 @@ static void test_resign_after_rewrite(void)
     g_ptr_array_unref(all);
 }
 
+/* Verify a signed message whose content is {"n": <n>}. */
+static HerdVerify verify_numbered(HerdSession *s, guint n)
+{
+    char content[32];
+    g_snprintf(content, sizeof content, "{\"n\": %u}", n);
+    char sig[65];
+    herd_session_sign(s, HERD_BYTES_STR("{}"), HERD_BYTES_NULL, HERD_BYTES_NULL, HERD_BYTES_STR(content), sig);
+    HerdFrames f;
+    herd_frames_init(&f);
+    herd_frames_push(&f, HERD_DELIM, HERD_DELIM_LEN);
+    herd_frames_push(&f, sig, 64);
+    herd_frames_push(&f, "{}", 2);
+    herd_frames_push(&f, "{}", 2);
+    herd_frames_push(&f, "{}", 2);
+    herd_frames_push(&f, content, strlen(content));
+    HerdVerify r = herd_session_verify(s, &f);
+    herd_frames_clear(&f);
+    return r;
+}
+
 static void test_replay_history_is_capped(void)
 {
     HerdSession *s = session_for("cap-key");
     const guint cap = 65536;
-    HerdFrames f;
-    herd_frames_init(&f);
-    char *last_content = NULL;
     for (guint i = 0; i <= cap; i++) {
-        char content[32];
-        g_snprintf(content, sizeof content, "{\"n\": %u}", i);
-        char sig[65];
-        herd_session_sign(s, HERD_BYTES_STR("{}"), HERD_BYTES_NULL, HERD_BYTES_NULL, HERD_BYTES_STR(content), sig);
-        herd_frames_push(&f, HERD_DELIM, HERD_DELIM_LEN);
-        herd_frames_push(&f, sig, 64);
-        herd_frames_push(&f, "{}", 2);
-        herd_frames_push(&f, "{}", 2);
-        herd_frames_push(&f, "{}", 2);
-        herd_frames_push(&f, content, strlen(content));
-        HerdVerify r = herd_session_verify(s, &f);
+        HerdVerify r = verify_numbered(s, i);
         if (r != HERD_VERIFY_OK)
             g_error("message %u: %s", i, herd_verify_str(r));
-        if (i == cap) /* the newest one is never forgotten right away */
-            g_assert_cmpint(herd_session_verify(s, &f), ==, HERD_VERIFY_REPLAYED);
-        herd_frames_clear(&f);
-        g_free(last_content);
-        last_content = g_strdup(content);
         if (i < cap)
             g_assert_cmpuint(herd_session_history_size(s), ==, i + 1);
     }
-    /* Past the cap about a tenth was dropped. */
+    /* Past the cap about a tenth was dropped: the oldest. */
     guint size = herd_session_history_size(s);
     g_assert_cmpuint(size, <=, cap);
     g_assert_cmpuint(size, >=, cap - cap / 10 - 1);
-    g_free(last_content);
+    g_assert_cmpint(verify_numbered(s, cap), ==, HERD_VERIFY_REPLAYED);     /* the newest */
+    g_assert_cmpint(verify_numbered(s, cap - size + 1), ==, HERD_VERIFY_REPLAYED); /* the oldest kept */
+    g_assert_cmpint(verify_numbered(s, cap - size), ==, HERD_VERIFY_OK);    /* the newest forgotten */
+    g_assert_cmpint(verify_numbered(s, 0), ==, HERD_VERIFY_OK);
+    /* The ring keeps working over many culls. */
+    for (guint i = cap + 1; i <= 4 * cap; i++)
+        if (verify_numbered(s, i) != HERD_VERIFY_OK)
+            g_error("message %u refused", i);
+    g_assert_cmpint(verify_numbered(s, 4 * cap), ==, HERD_VERIFY_REPLAYED);
+    g_assert_cmpuint(herd_session_history_size(s), <=, cap);
     herd_session_free(s);
 }
 
