@@ -22,6 +22,7 @@
 #include <herd/connfile.h>
 
 #include "herd-tool.h"
+#include "proc.h"
 
 typedef struct BenchConfig {
     int engines, clients, tasks, latency_tasks, window, payload, ping_ms;
@@ -118,64 +119,6 @@ static void child_stop(Child *c)
 
 /* ---- controller CPU and memory: the whole process tree under a pid ---- */
 
-typedef struct ProcInfo {
-    int pid, ppid;
-    guint64 ticks; /* utime + stime */
-} ProcInfo;
-
-static gboolean read_proc_stat(int pid, ProcInfo *out)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
-    g_autofree char *text = NULL;
-    if (!g_file_get_contents(path, &text, NULL, NULL))
-        return FALSE;
-    /* The command name may contain spaces: fields resume after the last ')'. */
-    const char *p = strrchr(text, ')');
-    if (!p)
-        return FALSE;
-    g_auto(GStrv) fields = g_strsplit(p + 2, " ", 0);
-    if (g_strv_length(fields) < 13)
-        return FALSE;
-    out->pid = pid;
-    out->ppid = atoi(fields[1]);
-    out->ticks = g_ascii_strtoull(fields[11], NULL, 10) + g_ascii_strtoull(fields[12], NULL, 10);
-    return TRUE;
-}
-
-/* pids of root and all its descendants. */
-static GArray *process_tree(int root)
-{
-    GArray *all = g_array_new(FALSE, FALSE, sizeof(ProcInfo));
-    GDir *dir = g_dir_open("/proc", 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name(dir))) {
-        ProcInfo info;
-        if (g_ascii_isdigit(name[0]) && read_proc_stat(atoi(name), &info))
-            g_array_append_val(all, info);
-    }
-    if (dir)
-        g_dir_close(dir);
-    GArray *tree = g_array_new(FALSE, FALSE, sizeof(ProcInfo));
-    g_autoptr(GHashTable) members = g_hash_table_new(g_direct_hash, g_direct_equal);
-    g_hash_table_add(members, GINT_TO_POINTER(root));
-    for (gboolean grew = TRUE; grew;) {
-        grew = FALSE;
-        for (guint i = 0; i < all->len; i++) {
-            ProcInfo *p = &g_array_index(all, ProcInfo, i);
-            if (!g_hash_table_contains(members, GINT_TO_POINTER(p->pid)) &&
-                g_hash_table_contains(members, GINT_TO_POINTER(p->ppid))) {
-                g_hash_table_add(members, GINT_TO_POINTER(p->pid));
-                grew = TRUE;
-            }
-        }
-    }
-    for (guint i = 0; i < all->len; i++)
-        if (g_hash_table_contains(members, GINT_TO_POINTER(g_array_index(all, ProcInfo, i).pid)))
-            g_array_append_val(tree, g_array_index(all, ProcInfo, i));
-    g_array_free(all, TRUE);
-    return tree;
-}
-
 /* CPU time of this process (the client threads and their libzmq I/O threads). */
 static double self_cpu_seconds(void)
 {
@@ -186,10 +129,10 @@ static double self_cpu_seconds(void)
 
 static double tree_cpu_seconds(int root)
 {
-    GArray *tree = process_tree(root);
+    GArray *tree = herd_proc_tree(root);
     guint64 ticks = 0;
     for (guint i = 0; i < tree->len; i++)
-        ticks += g_array_index(tree, ProcInfo, i).ticks;
+        ticks += g_array_index(tree, HerdProcStat, i).cpu_ticks;
     g_array_free(tree, TRUE);
     return (double)ticks / (double)sysconf(_SC_CLK_TCK);
 }
@@ -197,10 +140,10 @@ static double tree_cpu_seconds(int root)
 /* Sum of each process's peak resident set (VmHWM), in kB. */
 static guint64 tree_peak_rss_kb(int root)
 {
-    GArray *tree = process_tree(root);
+    GArray *tree = herd_proc_tree(root);
     guint64 total = 0;
     for (guint i = 0; i < tree->len; i++) {
-        g_autofree char *path = g_strdup_printf("/proc/%d/status", g_array_index(tree, ProcInfo, i).pid);
+        g_autofree char *path = g_strdup_printf("/proc/%d/status", g_array_index(tree, HerdProcStat, i).pid);
         g_autofree char *text = NULL;
         if (!g_file_get_contents(path, &text, NULL, NULL))
             continue;

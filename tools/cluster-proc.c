@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cluster.h"
+#include "proc.h"
 
 #define POLL_INTERVAL_US (50 * 1000)
 
@@ -59,33 +60,6 @@ char *cluster_boot_id(void)
     return g_strdup(g_strstrip(text));
 }
 
-typedef struct ProcStat {
-    char state;
-    int ppid;
-    guint64 start_time;
-} ProcStat;
-
-static gboolean read_proc_stat(int pid, ProcStat *out)
-{
-    char path[64];
-    g_snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    g_autofree char *text = NULL;
-    if (!g_file_get_contents(path, &text, NULL, NULL))
-        return FALSE;
-    /* The command name may hold spaces and parentheses: the fields resume after the
-     * last ')', starting with field 3 (state). */
-    const char *p = strrchr(text, ')');
-    if (!p || p[1] != ' ')
-        return FALSE;
-    g_auto(GStrv) fields = g_strsplit(p + 2, " ", 21);
-    if (g_strv_length(fields) < 21)
-        return FALSE;
-    out->state = fields[0][0];
-    out->ppid = atoi(fields[1]);
-    out->start_time = g_ascii_strtoull(fields[19], NULL, 10); /* field 22 */
-    return TRUE;
-}
-
 static gboolean same_boot(const ClusterProc *p)
 {
     g_autofree char *boot = cluster_boot_id();
@@ -102,8 +76,8 @@ gboolean cluster_proc_alive(ClusterProc *p)
         p->wait_status = status;
         return FALSE;
     }
-    ProcStat ps;
-    return same_boot(p) && read_proc_stat(p->pid, &ps) && ps.start_time == p->start_time && ps.state != 'Z' &&
+    HerdProcStat ps;
+    return same_boot(p) && herd_proc_stat(p->pid, &ps) && ps.start_time == p->start_time && ps.state != 'Z' &&
            ps.state != 'X';
 }
 
@@ -127,37 +101,11 @@ GPtrArray *cluster_proc_descendants(const ClusterProc *p)
     GPtrArray *found = g_ptr_array_new_with_free_func((GDestroyNotify)cluster_proc_free);
     if (p->kind != CLUSTER_PROC_LOCAL)
         return found;
-    typedef struct { int pid, ppid; } Pair;
-    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(Pair));
-    g_autoptr(GHashTable) starts = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
-    GDir *dir = g_dir_open("/proc", 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name(dir))) {
-        ProcStat ps;
-        int pid = atoi(name);
-        if (pid > 0 && read_proc_stat(pid, &ps) && ps.state != 'Z') {
-            Pair pair = { pid, ps.ppid };
-            g_array_append_val(all, pair);
-            g_hash_table_insert(starts, GINT_TO_POINTER(pid), g_memdup2(&ps.start_time, sizeof ps.start_time));
-        }
-    }
-    if (dir)
-        g_dir_close(dir);
-    /* Breadth first from p: a process joins when its parent has joined. */
-    g_autoptr(GHashTable) members = g_hash_table_new(g_direct_hash, g_direct_equal);
-    g_hash_table_add(members, GINT_TO_POINTER(p->pid));
-    for (gboolean grew = TRUE; grew;) {
-        grew = FALSE;
-        for (guint i = 0; i < all->len; i++) {
-            Pair *pair = &g_array_index(all, Pair, i);
-            if (!g_hash_table_contains(members, GINT_TO_POINTER(pair->pid)) &&
-                g_hash_table_contains(members, GINT_TO_POINTER(pair->ppid))) {
-                g_hash_table_add(members, GINT_TO_POINTER(pair->pid));
-                guint64 *start = g_hash_table_lookup(starts, GINT_TO_POINTER(pair->pid));
-                g_ptr_array_add(found, local_proc(pair->pid, *start));
-                grew = TRUE;
-            }
-        }
+    g_autoptr(GArray) tree = herd_proc_tree(p->pid);
+    for (guint i = 0; i < tree->len; i++) {
+        const HerdProcStat *ps = &g_array_index(tree, HerdProcStat, i);
+        if (ps->pid != p->pid)
+            g_ptr_array_add(found, local_proc(ps->pid, ps->start_time));
     }
     return found;
 }
@@ -241,9 +189,9 @@ gboolean cluster_proc_spawn(ClusterProc *p, char **argv, char **envp, GError **e
     p->reaped = FALSE;
     g_free(p->boot_id);
     p->boot_id = cluster_boot_id();
-    ProcStat ps;
+    HerdProcStat ps;
     /* The child cannot have been reaped yet (nobody waited), so its stat is there. */
-    p->start_time = read_proc_stat(pid, &ps) ? ps.start_time : 0;
+    p->start_time = herd_proc_stat(pid, &ps) ? ps.start_time : 0;
     return TRUE;
 }
 
