@@ -125,6 +125,7 @@ struct HerdController {
     void *iopub_in, *iopub_out;
     void *hb_ping, *hb_pong;
     Channel ch[CH_COUNT];
+    GArray *client_outbox;       /* OutMsg (router.c): client-bound, sent at the end of the iteration */
     /* hub */
     GHashTable *engines_by_uuid; /* uuid -> Engine (pending and registered) */
     GHashTable *engines_by_id;   /* id -> Engine (registered) */

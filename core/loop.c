@@ -41,6 +41,8 @@ struct HerdLoop {
     GPtrArray *round;      /* the watches being served now (a reused buffer) */
     GPtrArray *removed;    /* HerdWatch* removed; events or rounds may still point at them */
     HerdWatch *serving;    /* the socket whose callback runs now */
+    HerdFlushFn flush_fn;  /* end-of-iteration hook */
+    gpointer flush_data;
     guint64 next_order;
     GSequence *timers;       /* Timer*, by (deadline, id) */
     GHashTable *timer_by_id; /* id -> GSequenceIter */
@@ -192,6 +194,12 @@ static void free_removed_watches(HerdLoop *loop)
     g_ptr_array_set_size(loop->removed, 0);
 }
 
+void herd_loop_set_flush(HerdLoop *loop, HerdFlushFn fn, gpointer data)
+{
+    loop->flush_fn = fn;
+    loop->flush_data = data;
+}
+
 /* ---- timers ---- */
 
 gint64 herd_loop_now(const HerdLoop *loop)
@@ -340,6 +348,8 @@ gboolean herd_loop_iterate(HerdLoop *loop, int timeout_ms)
     serve_round(loop);
     if (!loop->quit)
         run_due_timers(loop);
+    if (loop->flush_fn)
+        loop->flush_fn(loop->flush_data); /* also when quitting: what was gathered goes out */
     free_removed_watches(loop);
     if (n < 0 && wait_errno != EINTR) {
         errno = wait_errno;

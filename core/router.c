@@ -160,6 +160,35 @@ static gboolean send_frames(HerdController *ctl, void *sock, HerdFrames *f, cons
     return FALSE;
 }
 
+/* Messages for clients wait until the end of the loop iteration and then go out
+ * together: libzmq's I/O thread is then woken once for many instead of once for each,
+ * and carries them to each client in one batch. A client-bound send needs no answer
+ * (a client that left is not an error to act on), so nothing waits for its result;
+ * requests for engines are sent at once, whose failures the schedulers handle. */
+typedef struct OutMsg {
+    void *sock;
+    HerdFrames frames;
+    const char *what;
+} OutMsg;
+
+static void send_to_client(HerdController *ctl, void *sock, HerdFrames *f, const char *what)
+{
+    OutMsg m = { .sock = sock, .frames = *f, .what = what };
+    herd_frames_init(f); /* taken */
+    g_array_append_val(ctl->client_outbox, m);
+}
+
+static void flush_client_outbox(gpointer data)
+{
+    HerdController *ctl = data;
+    GArray *box = ctl->client_outbox;
+    for (guint i = 0; i < box->len; i++) {
+        OutMsg *m = &g_array_index(box, OutMsg, i);
+        send_frames(ctl, m->sock, &m->frames, m->what);
+    }
+    g_array_set_size(box, 0);
+}
+
 /* ---------------------------------------------------------------- building messages */
 
 /* A controller-made reply to a request: prefix frames then a signed message. */
@@ -580,7 +609,7 @@ static void send_coalesced(Channel *ch, Job *job, HerdFrames *lf)
     }
     herd_frames_find_delim(&out);
     herd_session_resign(ctl->session, &out);
-    send_frames(ctl, ch->client_sock, &out, "broadcast");
+    send_to_client(ctl, ch->client_sock, &out, "broadcast");
 }
 
 /* TRUE if an engine of this coalescing job died before answering. */
@@ -619,7 +648,7 @@ static void deliver_broadcast(Channel *ch, Job *job, Reply *r)
     } else if (!sub->engine_lost) {
         HerdFrames *f = &r->frames;
         herd_frames_remove(f, 0); /* [E, C, M'] -> [C, M'] */
-        send_frames(ch->ctl, ch->client_sock, f, "broadcast");
+        send_to_client(ch->ctl, ch->client_sock, f, "broadcast");
     }
     release_reply(r);
     if (last)
@@ -640,7 +669,7 @@ static void deliver_plain(Channel *ch, Job *job, Reply *r)
      * unregistration notification; a second answer would only print "stale result". */
     if (!(ch->kind == CH_MUX && r->pub.synthesized)) {
         herd_frames_swap(&r->frames, 0, 1); /* [E, C, M'] -> [C, E, M'] */
-        send_frames(ch->ctl, ch->client_sock, &r->frames, ch->name);
+        send_to_client(ch->ctl, ch->client_sock, &r->frames, ch->name);
     }
     job_finish(ch, job);
 }
@@ -708,14 +737,14 @@ static void fail_broadcast(Channel *ch, Job *job, JsonNode *content)
         herd_frames_init(&out);
         herd_frames_push_frame_copy(&out, req, 0);
         build_reply(ctl, &out, "apply_reply", (HerdBytes){ sub_hdr, len }, md, content);
-        send_frames(ctl, ch->client_sock, &out, "broadcast");
+        send_to_client(ctl, ch->client_sock, &out, "broadcast");
     }
     if (job->coalescing || n == 0) {
         HerdFrames out;
         herd_frames_init(&out);
         herd_frames_push_frame_copy(&out, req, 0);
         build_reply(ctl, &out, "apply_reply", parent, md, content);
-        send_frames(ctl, ch->client_sock, &out, "broadcast");
+        send_to_client(ctl, ch->client_sock, &out, "broadcast");
     }
     json_node_unref(md);
 }
@@ -748,7 +777,7 @@ static void host_fail(HerdSchedHost *host, HerdJob *hj, const char *ename, const
     herd_frames_insert(&rec, 0, "", 0);
     herd_hub_job_finished(ctl, job, &rec, NULL, "error", NULL);
     herd_frames_clear(&rec);
-    send_frames(ctl, ch->client_sock, &out, ch->name);
+    send_to_client(ctl, ch->client_sock, &out, ch->name);
     job_finish(ch, job);
 }
 
@@ -944,7 +973,7 @@ static void on_engine_reply(HerdFrames *f, gpointer data)
         return;
     if (ch->kind == CH_CONTROL) {
         herd_frames_swap(f, 0, 1);
-        send_frames(ctl, ch->client_sock, f, "control");
+        send_to_client(ctl, ch->client_sock, f, "control");
         return;
     }
     HerdJsonField pf[] = { { .name = "msg_id" } };
@@ -976,7 +1005,7 @@ static void on_engine_reply(HerdFrames *f, gpointer data)
         if (ch->kind == CH_MUX) {
             /* not ours to judge: relay like a plain MUX device */
             herd_frames_swap(f, 0, 1);
-            send_frames(ctl, ch->client_sock, f, "mux");
+            send_to_client(ctl, ch->client_sock, f, "mux");
         } else {
             herd_hub_drop(ctl, ch->name, "reply to an unknown request");
         }
@@ -1157,6 +1186,8 @@ gboolean herd_router_bind_all(HerdController *ctl, GError **err)
     /* the engine file mirrors these keys for its own side */
     ep->broadcast = ep->broadcast_engine[0];
 
+    ctl->client_outbox = g_array_new(FALSE, FALSE, sizeof(OutMsg));
+    herd_loop_set_flush(ctl->loop, flush_client_outbox, ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         herd_loop_add_socket(ctl->loop, ch->client_sock, on_client_sock, ch);
@@ -1209,8 +1240,22 @@ static void close_sock(void **s)
     }
 }
 
+/* Free the outbox; what is still in it (made while the schedulers were destroyed) is
+ * dropped with the sockets. */
+static void free_client_outbox(HerdController *ctl)
+{
+    if (!ctl->client_outbox)
+        return;
+    for (guint i = 0; i < ctl->client_outbox->len; i++)
+        herd_frames_clear(&g_array_index(ctl->client_outbox, OutMsg, i).frames);
+    g_array_free(ctl->client_outbox, TRUE);
+    ctl->client_outbox = NULL;
+}
+
 void herd_router_close(HerdController *ctl)
 {
+    if (ctl->client_outbox)
+        flush_client_outbox(ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         if (ch->ops && ch->sched)
@@ -1238,6 +1283,7 @@ void herd_router_close(HerdController *ctl)
         ch->plugin = NULL;
         ch->ops = NULL;
     }
+    free_client_outbox(ctl);
     close_sock(&ctl->registration);
     close_sock(&ctl->notification);
     close_sock(&ctl->iopub_in);

@@ -511,6 +511,48 @@ static void test_quit_from_a_callback(void)
     pair_close(&p);
 }
 
+/* The flush hook runs once per iteration, after the sockets served in it, also in the
+ * iteration that quits: what a callback gathered is never left behind. */
+typedef struct FlushLog {
+    Reader *reader;
+    GString *order;
+} FlushLog;
+
+static void on_flush(gpointer data)
+{
+    FlushLog *fl = data;
+    g_string_append_printf(fl->order, "f%u", fl->reader->received);
+}
+
+static void test_flush_hook_runs_after_each_iteration(void)
+{
+    Pair p;
+    pair_open(&p, "flush");
+    HerdLoop *loop = herd_loop_new();
+    Reader r = reader_watch(loop, p.b, 100);
+    herd_loop_add_socket(loop, p.b, on_readable, &r);
+    FlushLog fl = { .reader = &r, .order = g_string_new(NULL) };
+    herd_loop_set_flush(loop, on_flush, &fl);
+    herd_loop_iterate(loop, 0);
+    g_assert_cmpstr(fl.order->str, ==, "f0");
+    send_x(p.a);
+    send_x(p.a);
+    run_until(loop, &r.received, 2, 5);
+    g_assert_cmpuint(r.received, ==, 2);
+    /* the hook saw both messages taken before it ran */
+    g_assert_true(g_str_has_suffix(fl.order->str, "f2"));
+    g_string_truncate(fl.order, 0);
+    herd_loop_quit(loop, 0);
+    herd_loop_iterate(loop, 0);
+    g_assert_cmpstr(fl.order->str, ==, "f2");
+    herd_loop_set_flush(loop, NULL, NULL);
+    herd_loop_iterate(loop, 0);
+    g_assert_cmpstr(fl.order->str, ==, "f2");
+    g_string_free(fl.order, TRUE);
+    herd_loop_free(loop);
+    pair_close(&p);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -530,6 +572,7 @@ int main(int argc, char **argv)
     g_test_add_func("/loop/timers-order-and-cancel", test_timers_fire_in_deadline_order_and_cancel);
     g_test_add_func("/loop/zero-delay-fairness", test_zero_delay_timer_cannot_starve_sockets);
     g_test_add_func("/loop/quit-from-callback", test_quit_from_a_callback);
+    g_test_add_func("/loop/flush-hook", test_flush_hook_runs_after_each_iteration);
     int rc = g_test_run();
     zmq_ctx_term(zctx);
     return rc;

@@ -32,6 +32,7 @@ typedef struct HerdWatch HerdWatch;
 typedef gboolean (*HerdSocketFn)(void *zsock, gpointer data);
 typedef void (*HerdFdFn)(int fd, gpointer data);
 typedef void (*HerdTimerFn)(gpointer data);
+typedef void (*HerdFlushFn)(gpointer data);
 
 HerdLoop *herd_loop_new(void);
 /* Frees the loop and its watches; closes neither the sockets nor the fds. */
@@ -49,6 +50,11 @@ HerdWatch *herd_loop_add_fd(HerdLoop *loop, int fd, HerdFdFn fn, gpointer data);
 void herd_loop_remove_watch(HerdLoop *loop, HerdWatch *watch);
 /* herd_loop_touch() for a watch at hand (no lookup); NULL or a plain fd: no-op. */
 void herd_loop_recheck(HerdLoop *loop, HerdWatch *watch);
+/* fn runs at the end of every iteration, after the sockets and timers were served and
+ * before the loop waits again: for work gathered over an iteration and done at once
+ * (herdd sends its replies to clients then, so that libzmq carries them in batches).
+ * One hook per loop; NULL removes it. */
+void herd_loop_set_flush(HerdLoop *loop, HerdFlushFn fn, gpointer data);
 /* One-shot timer; returns an id > 0. */
 guint herd_loop_timer_add(HerdLoop *loop, guint ms, HerdTimerFn fn, gpointer data);
 /* Same, deadline given in microseconds from now. */
