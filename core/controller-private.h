@@ -38,9 +38,10 @@ typedef struct Job {
     HerdJob pub;
     Channel *ch;
     HerdFrames req;        /* as received: [C, (E,) DELIM, sig, header, parent, md, content, bufs] */
+    char *texts;           /* owns the strings below (one allocation) */
     char *msg_id;
     char *msg_type;
-    char *target_uuid;
+    char *target_uuid;     /* MUX: the routing frame naming the engine */
     char *session;         /* request header.session */
     char *date;            /* request header.date */
     JsonNode *metadata;    /* parsed request metadata */
@@ -71,6 +72,7 @@ typedef struct Reply {
     HerdReply pub;
     HerdFrames frames;
     struct Sub *sub;     /* broadcast: the sub-request answered */
+    char *texts;         /* owns status, engine_uuid, date and started (one allocation) */
     char *status;
     char *engine_uuid;
     char *date;          /* reply header.date (NULL for replies the core made) */

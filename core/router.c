@@ -98,6 +98,42 @@ static gboolean bind_on(Side *side, void *sock, const char *channel, int type, i
 
 /* ---------------------------------------------------------------- jobs */
 
+/* Text for pack_texts: a scanned JSON member (decoded when it is a string, else no text),
+ * or raw bytes (up to a NUL, as g_strndup reads them; no text when data is NULL). */
+typedef struct TextItem {
+    const HerdJsonField *field;
+    HerdBytes raw;
+} TextItem;
+
+/* The texts of a job or a reply in one allocation, NUL-terminated back to back: a few
+ * strings per message, kept as long as the message, cost one malloc instead of one each.
+ * out[i] points into the returned block (or is NULL); the block owns them all. */
+static char *pack_texts(const TextItem *items, guint n, char **out)
+{
+    gsize total = 0;
+    for (guint i = 0; i < n; i++) {
+        const HerdJsonField *f = items[i].field;
+        if (f ? f->kind == HERD_JSON_STRING : items[i].raw.data != NULL)
+            total += (f ? f->len : items[i].raw.len) + 1; /* decoding never lengthens */
+    }
+    char *block = g_malloc(MAX(total, 1));
+    char *at = block;
+    for (guint i = 0; i < n; i++) {
+        const HerdJsonField *f = items[i].field;
+        out[i] = NULL;
+        if (f ? f->kind != HERD_JSON_STRING : items[i].raw.data == NULL)
+            continue;
+        g_autofree char *decoded = f && f->escaped ? herd_json_field_dup(f) : NULL;
+        const char *text = decoded ? decoded : f ? f->value : items[i].raw.data;
+        gsize len = decoded ? strlen(decoded) : f ? f->len : strnlen(items[i].raw.data, items[i].raw.len);
+        memcpy(at, text, len);
+        at[len] = '\0';
+        out[i] = at;
+        at += len + 1;
+    }
+    return block;
+}
+
 static void sub_free(gpointer p)
 {
     Sub *sub = p;
@@ -113,13 +149,9 @@ static void sub_template_free(struct SubTemplate *t);
 static void job_free(Job *job)
 {
     herd_frames_clear(&job->req);
-    g_free(job->msg_id);
-    g_free(job->msg_type);
-    g_free(job->target_uuid);
+    g_free(job->texts);
     if (job->metadata)
         json_node_unref(job->metadata);
-    g_free(job->session);
-    g_free(job->date);
     if (job->subs)
         g_ptr_array_free(job->subs, TRUE);
     sub_template_free(job->sub_template);
@@ -139,10 +171,7 @@ static void job_finish(Channel *ch, Job *job)
 static void reply_free(Reply *r)
 {
     herd_frames_clear(&r->frames);
-    g_free(r->status);
-    g_free(r->engine_uuid);
-    g_free(r->date);
-    g_free(r->started);
+    g_free(r->texts);
     g_free(r);
 }
 
@@ -508,10 +537,10 @@ static gboolean send_to_engine(Channel *ch, Job *job, Engine *e)
 
 /* An engine registers at its first heartbeat, and a peer's connect completes on its own
  * schedule: a socket of a just-registered engine may not be connected yet (libzmq then
- * refuses the send, ROUTER_MANDATORY). Try again for about a second before the job gets
- * an EngineError. */
+ * refuses the send, ROUTER_MANDATORY). Try again for about five seconds before the job
+ * gets an EngineError: one second was seen to run out on a loaded two-CPU machine. */
 #define RESEND_INTERVAL_MS 20
-#define RESEND_ATTEMPTS 50
+#define RESEND_ATTEMPTS 250
 
 typedef struct {
     Channel *ch;
@@ -811,8 +840,11 @@ static HerdReply *host_engine_error(HerdSchedHost *host, HerdJob *hj, const char
     json_node_unref(content);
     json_node_unref(md);
     r->sub = sub;
-    r->status = g_strdup("error");
-    r->engine_uuid = g_strdup(uuid);
+    const TextItem items[] = { { NULL, HERD_BYTES_STR("error") }, { NULL, HERD_BYTES_STR(uuid) } };
+    char *texts[G_N_ELEMENTS(items)];
+    r->texts = pack_texts(items, G_N_ELEMENTS(items), texts);
+    r->status = texts[0];
+    r->engine_uuid = texts[1];
     r->pub.status = r->status;
     r->pub.dependencies_met = TRUE;
     r->pub.synthesized = TRUE;
@@ -897,8 +929,13 @@ static void start_job(Channel *ch, HerdFrames *f)
         herd_hub_drop(ctl, ch->name, "header is not a JSON object");
         return;
     }
-    g_autofree char *msg_id = herd_json_field_dup(&hf[0]);
-    g_autofree char *msg_type = herd_json_field_dup(&hf[1]);
+    /* msg_id, msg_type, session, date, and for MUX the target engine (routing frame 1) */
+    const TextItem items[] = { { &hf[0], HERD_BYTES_NULL }, { &hf[1], HERD_BYTES_NULL }, { &hf[2], HERD_BYTES_NULL },
+                               { &hf[3], HERD_BYTES_NULL },
+                               { NULL, ch->kind == CH_MUX ? herd_frame_bytes(f, 1) : HERD_BYTES_NULL } };
+    char *texts[G_N_ELEMENTS(items)];
+    g_autofree char *block = pack_texts(items, G_N_ELEMENTS(items), texts);
+    const char *msg_id = texts[0], *msg_type = texts[1];
     if (!msg_id || !*msg_id || !msg_type) {
         herd_hub_drop(ctl, ch->name, "header without msg_id or msg_type");
         return;
@@ -923,14 +960,14 @@ static void start_job(Channel *ch, HerdFrames *f)
     job->ch = ch;
     job->req = *f; /* take the frames */
     herd_frames_init(f);
-    job->msg_id = g_steal_pointer(&msg_id);
-    job->msg_type = g_steal_pointer(&msg_type);
-    job->session = herd_json_field_dup(&hf[2]);
-    job->date = herd_json_field_dup(&hf[3]);
+    job->texts = g_steal_pointer(&block);
+    job->msg_id = texts[0];
+    job->msg_type = texts[1];
+    job->session = texts[2];
+    job->date = texts[3];
+    job->target_uuid = texts[4];
     job->metadata = md;
     job->seq = ++ctl->job_seq;
-    if (ch->kind == CH_MUX)
-        job->target_uuid = g_strndup(herd_frame_data(&job->req, 1), herd_frame_size(&job->req, 1));
     if (ch->kind == CH_BROADCAST) {
         job->subs = g_ptr_array_new_with_free_func(sub_free);
         job->coalescing = herd_json_bool(json_node_get_object(md), "is_coalescing", FALSE);
@@ -1015,15 +1052,21 @@ static void on_engine_reply(HerdFrames *f, gpointer data)
     r->frames = *f;
     herd_frames_init(f);
     r->sub = sub;
-    r->engine_uuid = g_strndup(herd_frame_data(&r->frames, 0), herd_frame_size(&r->frames, 0));
-    r->status = mf[0].kind == HERD_JSON_STRING ? herd_json_field_dup(&mf[0]) : g_strdup("ok");
-    r->started = herd_json_field_dup(&mf[2]);
-    r->date = herd_json_field_dup(&hf[0]);
+    /* status ("ok" when absent), started, date, engine (metadata.engine, else the routing id) */
+    const TextItem items[] = {
+        mf[0].kind == HERD_JSON_STRING ? (TextItem){ &mf[0], HERD_BYTES_NULL } : (TextItem){ NULL, HERD_BYTES_STR("ok") },
+        { &mf[2], HERD_BYTES_NULL },
+        { &hf[0], HERD_BYTES_NULL },
+        mf[3].kind == HERD_JSON_STRING ? (TextItem){ &mf[3], HERD_BYTES_NULL }
+                                       : (TextItem){ NULL, herd_frame_bytes(&r->frames, 0) },
+    };
+    char *texts[G_N_ELEMENTS(items)];
+    r->texts = pack_texts(items, G_N_ELEMENTS(items), texts);
+    r->status = texts[0];
+    r->started = texts[1];
+    r->date = texts[2];
+    r->engine_uuid = texts[3];
     r->decoded = mf[3].kind == HERD_JSON_ABSENT || mf[3].kind == HERD_JSON_STRING;
-    if (mf[3].kind == HERD_JSON_STRING) {
-        g_free(r->engine_uuid);
-        r->engine_uuid = herd_json_field_dup(&mf[3]);
-    }
     r->pub.status = r->status;
     r->pub.dependencies_met = mf[1].kind != HERD_JSON_FALSE;
     r->pub.engine = host_find_engine(&ch->host, r->engine_uuid);
