@@ -48,6 +48,7 @@ struct HerdClient {
     HerdWatch *watches[N_SOCKS];
     Incoming incoming[N_SOCKS];
     gboolean polled_externally; /* herd_client_pollitems() was called: see there */
+    guint completed_undelivered;    /* requests answered whose last reply is still held */
 
     GHashTable *engine_uuid_by_id;  /* GINT_TO_POINTER(id) -> char* uuid */
     GHashTable *engine_id_by_uuid;  /* uuid (same string) -> GINT_TO_POINTER(id) */
@@ -444,9 +445,13 @@ static void fail_requests_of(HerdClient *c, const char *uuid, int engine_id)
         g_autofree char *parent_id = r->channel == HERD_CHANNEL_BROADCAST && !r->coalescing
                                          ? g_strdup_printf("%s_%s", r->msg_id, uuid)
                                          : g_strdup(r->msg_id);
-        g_queue_push_tail(&c->failed, engine_died_reply(r, parent_id, uuid, engine_id));
-        if (r->coalescing || --r->replies_left == 0)
+        HerdClientMsg *failed = engine_died_reply(r, parent_id, uuid, engine_id);
+        g_queue_push_tail(&c->failed, failed);
+        if (r->coalescing || --r->replies_left == 0) {
+            failed->completes = TRUE;
+            c->completed_undelivered++;
             g_hash_table_iter_remove(&it);
+        }
     }
 }
 
@@ -567,7 +572,7 @@ static HerdClientMsg *msg_receive(HerdClient *c, guint index, HerdFrames *f)
 }
 
 /* Count a reply against its request. */
-static void count_reply(HerdClient *c, const HerdClientMsg *m)
+static void count_reply(HerdClient *c, HerdClientMsg *m)
 {
     Request *r = m->request_id ? g_hash_table_lookup(c->requests, m->request_id) : NULL;
     if (!r) {
@@ -576,8 +581,11 @@ static void count_reply(HerdClient *c, const HerdClientMsg *m)
     }
     if (r->n_waiting && m->engine_uuid)
         request_engine_answered(r, m->engine_uuid);
-    if (--r->replies_left == 0)
+    if (--r->replies_left == 0) {
+        m->completes = TRUE;
+        c->completed_undelivered++;
         g_hash_table_remove(c->requests, r->msg_id);
+    }
 }
 
 /* What a message received on socket `index` means to the caller. NULL (m is freed) when
@@ -628,6 +636,23 @@ static gboolean receive_batch(void *zsock, gpointer data)
     return herd_frames_recv_batch(zsock, RECV_BATCH, hold_incoming, data);
 }
 
+/* Hand the next held message to the caller; its request stops being outstanding now. */
+static HerdClientMsg *deliver_held(HerdClient *c)
+{
+    HerdClientMsg *m = g_queue_pop_head(&c->held);
+    if (m && m->completes)
+        c->completed_undelivered--;
+    return m;
+}
+
+/* Put a message taken with deliver_held back in front: not delivered after all. */
+static void hold_again(HerdClient *c, HerdClientMsg *m)
+{
+    if (m->completes)
+        c->completed_undelivered++;
+    g_queue_push_head(&c->held, m);
+}
+
 /* Wait up to timeout_ms for input, queue what arrived in c->held and return the first
  * queued message, or NULL. */
 static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
@@ -639,13 +664,13 @@ static HerdClientMsg *poll_once(HerdClient *c, int timeout_ms, GError **err)
         set_zmq_error(err, "epoll_wait");
         return NULL;
     }
-    return g_queue_pop_head(&c->held);
+    return deliver_held(c);
 }
 
 HerdClientMsg *herd_client_recv(HerdClient *c, int timeout_ms, GError **err)
 {
     if (!g_queue_is_empty(&c->held))
-        return g_queue_pop_head(&c->held);
+        return deliver_held(c);
     gint64 deadline = timeout_ms < 0 ? -1 : g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     for (;;) {
         int wait_ms = -1;
@@ -681,14 +706,14 @@ gboolean herd_client_wait_for_engines(HerdClient *c, guint n, int timeout_ms, GE
             return FALSE;
         }
         if (m)
-            g_queue_push_head(&c->held, m); /* the caller still gets to see it, first */
+            hold_again(c, m); /* the caller still gets to see it, first */
     }
     return TRUE;
 }
 
 guint herd_client_outstanding(const HerdClient *c)
 {
-    return g_hash_table_size(c->requests);
+    return g_hash_table_size(c->requests) + c->completed_undelivered;
 }
 
 guint64 herd_client_unexpected(const HerdClient *c)

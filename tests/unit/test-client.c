@@ -746,6 +746,29 @@ static void test_iopub_of_other_clients_is_skipped(void)
     disconnect_client(mine, fc);
 }
 
+/* A request stays outstanding until its last reply is returned by herd_client_recv, not
+ * just received: `while (outstanding > 0) recv` must see every reply, even when many
+ * arrive in one batch and wait inside the client. */
+static void test_outstanding_until_delivered(void)
+{
+    FakeController *fc = fake_controller_start();
+    HerdClient *c = connect_client(fc);
+    const guint total = 500;
+    for (guint i = 0; i < total; i++)
+        g_assert_true(herd_client_submit(c, HERD_CHANNEL_TASK, "apply_request", NULL, 0, NULL, NULL, NULL, 0, NULL,
+                                         NULL));
+    guint delivered = 0;
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (herd_client_outstanding(c) > 0 && g_get_monotonic_time() < deadline) {
+        g_autoptr(HerdClientMsg) m = herd_client_recv(c, 1000, NULL);
+        if (m && m->kind == HERD_MSG_REPLY)
+            delivered++;
+        g_assert_cmpuint(delivered + herd_client_outstanding(c), ==, total);
+    }
+    g_assert_cmpuint(delivered, ==, total);
+    disconnect_client(c, fc);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -762,5 +785,6 @@ int main(int argc, char **argv)
     g_test_add_func("/client/recv/malformed-parts", test_malformed_parts);
     g_test_add_func("/client/submit/default-metadata-follows-engines", test_default_metadata_follows_engine_table);
     g_test_add_func("/client/submit/window", test_window_every_reply_once);
+    g_test_add_func("/client/outstanding-until-delivered", test_outstanding_until_delivered);
     return g_test_run();
 }

@@ -72,6 +72,7 @@ typedef struct HerdClientMsg {
     HerdFrames frames;
     JsonNode *parts[4];        /* header, parent header, metadata, content once parsed */
     guint unparsable;          /* bit i: parts[i] is not valid JSON */
+    gboolean completes;        /* the last reply of its request: outstanding until delivered */
 } HerdClientMsg;
 
 void herd_client_msg_free(HerdClientMsg *m);
@@ -137,7 +138,9 @@ gboolean herd_client_execute(HerdClient *c, HerdChannel channel, const int *targ
  * unknown or already complete (counted by herd_client_unexpected()). */
 HerdClientMsg *herd_client_recv(HerdClient *c, int timeout_ms, GError **err);
 
-/* Number of submitted requests (*_request messages) whose replies have not all arrived.
+/* Number of submitted requests (*_request messages) whose replies have not all been
+ * returned by herd_client_recv() yet (a reply received but still queued inside the client
+ * keeps its request outstanding, so `while (outstanding > 0) recv` sees every reply).
  * A MUX request whose engine unregisters is answered locally with an EngineError reply
  * (delivered right after the unregistration notification), as ipyparallel does; so is
  * each engine of a broadcast request that unregisters before answering (a coalescing
