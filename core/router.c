@@ -395,11 +395,18 @@ static SubTemplate *sub_template_new(const Job *job)
     t->header_head = g_string_new_len(hb.data, value_end - hb.data);
     t->header_tail = g_strndup(value_end, hb.len - (gsize)(value_end - hb.data));
 
-    JsonNode *md = json_node_copy(job->metadata);
-    JsonObject *mo = json_node_get_object(md);
-    json_object_remove_member(mo, "targets");
-    json_object_remove_member(mo, "original_msg_id");
+    /* A new object with the request's other members: json_node_copy would share the
+     * request's object, which the scheduler still reads (its targets). */
+    JsonObject *src = json_node_get_object(job->metadata);
+    JsonObject *mo = json_object_new();
+    GList *names = json_object_get_members(src);
+    for (GList *l = names; l; l = l->next)
+        if (strcmp(l->data, "targets") != 0 && strcmp(l->data, "original_msg_id") != 0)
+            json_object_set_member(mo, l->data, json_node_copy(json_object_get_member(src, l->data)));
+    g_list_free(names);
     t->md_empty = json_object_get_size(mo) == 0;
+    JsonNode *md = json_node_init_object(json_node_alloc(), mo);
+    json_object_unref(mo);
     gsize len;
     char *text = herd_json_to_string(md, &len);
     json_node_unref(md);

@@ -254,6 +254,29 @@ def test_work_socket_ignores_replayed_request(cluster, peer_factory, log_offset,
     assert_still_up_and_logged(cluster, "replayed", log_offset)
 
 
+@pytest.mark.parametrize("coalescing", [False, True])
+def test_broadcast_to_unknown_engines_fails_per_target(cluster, peer_factory, coalescing):
+    """A broadcast naming engines that are not registered is failed by the scheduler: one
+    EngineError per target, each answering the per-engine id "<msg_id>_<uuid>" with the
+    request's other header members intact, or one for a coalescing request."""
+    peer = peer_factory("broadcast")
+    targets = [["no-such-engine-a", 41], ["no-such-engine-b", 42]]
+    header = peer.request("apply_request", metadata={"targets": targets, "is_broadcast": True,
+                                                     "is_coalescing": coalescing})
+    expected = [header["msg_id"]] if coalescing else [f"{header['msg_id']}_{t[0]}" for t in targets]
+    got = []
+    for _ in expected:
+        msg = peer.recv(timeout=10 * herdtest.time_scale())
+        assert msg is not None, f"only {len(got)} of {len(expected)} replies"
+        assert msg["content"]["ename"] == "EngineError"
+        assert msg["metadata"]["original_msg_id"] == header["msg_id"]
+        assert {k: v for k, v in msg["parent"].items() if k != "msg_id"} == \
+            {k: v for k, v in header.items() if k != "msg_id"}
+        got.append(msg["parent"]["msg_id"])
+    assert got == expected
+    assert peer.recv(timeout=0.5) is None
+
+
 def test_client_still_works_after_all_that(cluster):
     rc = cluster.client
     assert rc[:].apply_sync(sum, [20, 22]) == [42]
