@@ -342,10 +342,10 @@ static const HerdSchedHostOps host_ops = {
     .now_us = host_now_us,
 };
 
-/* Hand a reply to the channel's scheduler; free it afterwards unless the scheduler keeps it. */
 static void deliver_plain(Channel *ch, Job *job, Reply *r);
 
-/* A reply the scheduler delivers from inside its reply callback goes out after the
+/* Hand a reply to the channel's scheduler; free it afterwards unless the scheduler keeps
+ * it. A reply the scheduler delivers from inside its reply callback goes out after the
  * callback returns: whatever the callback dispatched (the next task for the engine that
  * just answered) is sent first, and the engine waits less. */
 static void offer_reply(Channel *ch, Job *job, Reply *r)
@@ -369,7 +369,6 @@ typedef struct SubTemplate {
     GString *header_head; /* header text up to the msg_id value, its raw (escaped) text included */
     char *header_tail;    /* header text from the msg_id value's closing quote on */
     GString *md_head;     /* metadata without targets/original_msg_id, without its closing brace */
-    gboolean md_empty;    /* md_head is just "{" */
 } SubTemplate;
 
 static void sub_template_free(SubTemplate *t)
@@ -404,7 +403,6 @@ static SubTemplate *sub_template_new(const Job *job)
         if (strcmp(l->data, "targets") != 0 && strcmp(l->data, "original_msg_id") != 0)
             json_object_set_member(mo, l->data, json_node_copy(json_object_get_member(src, l->data)));
     g_list_free(names);
-    t->md_empty = json_object_get_size(mo) == 0;
     JsonNode *md = json_node_init_object(json_node_alloc(), mo);
     json_object_unref(mo);
     gsize len;
@@ -415,34 +413,47 @@ static SubTemplate *sub_template_new(const Job *job)
     return t;
 }
 
+static SubTemplate *job_sub_template(Job *job)
+{
+    if (!job->sub_template)
+        job->sub_template = sub_template_new(job);
+    return job->sub_template;
+}
+
+/* The header of engine uuid's copy of a broadcast request: the request's, with msg_id
+ * "<orig>_<uuid>" (the original msg_id stays its raw, escaped text). Caller frees. */
+static char *sub_header(Job *job, const char *uuid, gsize *len)
+{
+    SubTemplate *t = job_sub_template(job);
+    GString *hdr = g_string_sized_new(t->header_head->len + strlen(t->header_tail) + 64);
+    g_string_append_len(hdr, t->header_head->str, (gssize)t->header_head->len);
+    g_string_append_c(hdr, '_');
+    herd_json_append_escaped(hdr, uuid, -1);
+    g_string_append(hdr, t->header_tail);
+    *len = hdr->len;
+    return g_string_free(hdr, FALSE);
+}
+
 /* Build the per-engine broadcast request: msg_id "<orig>_<uuid>", metadata with
  * original_msg_id and the single target, re-signed. */
 static Sub *broadcast_sub(Channel *ch, Job *job, Engine *e, HerdFrames *out)
 {
     HerdController *ctl = ch->ctl;
     const HerdFrames *req = &job->req;
-    if (!job->sub_template)
-        job->sub_template = sub_template_new(job);
-    SubTemplate *t = job->sub_template;
+    SubTemplate *t = job_sub_template(job);
     Sub *sub = g_new0(Sub, 1);
     herd_frames_init(&sub->reply);
     sub->job = job;
     sub->uuid = g_strdup(e->uuid);
     sub->engine_id = e->pub.id;
     sub->sub_id = g_strdup_printf("%s_%s", job->msg_id, e->uuid);
-
-    /* the header's msg_id stays raw (escaped) text, then "_<uuid>" is appended to it */
-    GString *hdr = g_string_sized_new(t->header_head->len + strlen(t->header_tail) + 64);
-    g_string_append_len(hdr, t->header_head->str, (gssize)t->header_head->len);
-    g_string_append_c(hdr, '_');
-    herd_json_append_escaped(hdr, e->uuid, -1);
-    g_string_append(hdr, t->header_tail);
-    gsize hdr_len = hdr->len;
-    sub->header = g_string_free(hdr, FALSE);
+    gsize hdr_len;
+    sub->header = sub_header(job, e->uuid, &hdr_len);
 
     GString *md = g_string_sized_new(t->md_head->len + 128);
     g_string_append_len(md, t->md_head->str, (gssize)t->md_head->len);
-    g_string_append(md, t->md_empty ? "\"original_msg_id\":\"" : ",\"original_msg_id\":\"");
+    gboolean md_empty = t->md_head->len == 1; /* just "{" */
+    g_string_append(md, md_empty ? "\"original_msg_id\":\"" : ",\"original_msg_id\":\"");
     herd_json_append_escaped(md, job->msg_id, -1);
     g_string_append(md, "\",\"targets\":[[\"");
     herd_json_append_escaped(md, e->uuid, -1);
@@ -763,12 +774,8 @@ static void fail_broadcast(Channel *ch, Job *job, JsonNode *content)
                                ? json_node_get_string(un) : NULL;
         if (!uuid)
             continue;
-        JsonNode *hdr = herd_json_parse_object(parent, NULL);
-        g_autofree char *sub_id = g_strdup_printf("%s_%s", job->msg_id, uuid);
-        json_object_set_string_member(json_node_get_object(hdr), "msg_id", sub_id);
         gsize len;
-        g_autofree char *sub_hdr = herd_json_to_string(hdr, &len);
-        json_node_unref(hdr);
+        g_autofree char *sub_hdr = sub_header(job, uuid, &len);
         HerdFrames out;
         herd_frames_init(&out);
         herd_frames_push_frame_copy(&out, req, 0);
