@@ -1,5 +1,6 @@
 /* herd — native client: the C counterpart of ipyparallel.Client (see client.h). */
 #include "herd/client.h"
+#include "herd/hash.h"
 
 #include <errno.h>
 #include <string.h>
@@ -103,20 +104,6 @@ static Request *request_new(HerdChannel channel, const char *msg_id, const char 
         p = stpcpy(p, waiting[i]) + 1;
     }
     return r;
-}
-
-/* The msg_ids of one session differ only at the end (<session>_<pid>_<counter>): the last
- * characters are all the hash needs to read. */
-#define MSG_ID_HASHED_TAIL 16
-
-static guint msg_id_hash(gconstpointer key)
-{
-    const char *s = key;
-    gsize len = strlen(s);
-    guint h = (guint)len;
-    for (const char *p = s + (len > MSG_ID_HASHED_TAIL ? len - MSG_ID_HASHED_TAIL : 0); *p; p++)
-        h = h * 33 + (guchar)*p;
-    return h;
 }
 
 /* Strike an engine off the ones r waits for; FALSE if r was not waiting for it. */
@@ -800,7 +787,7 @@ HerdClient *herd_client_connect(const char *connfile, int timeout_ms, GError **e
         c->defaults[i].ids = g_array_new(FALSE, FALSE, sizeof(int));
     c->target_ids = g_array_new(FALSE, FALSE, sizeof(int));
     c->target_uuids = g_ptr_array_new();
-    c->requests = g_hash_table_new_full(msg_id_hash, g_str_equal, NULL, g_free);
+    c->requests = g_hash_table_new_full(herd_str_hash, g_str_equal, NULL, g_free);
     g_queue_init(&c->held);
     g_queue_init(&c->failed);
     c->zctx = zmq_ctx_new();
