@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import psutil
+from ipyparallel import interactive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -555,3 +556,16 @@ def kill_pid(pid, sig=signal.SIGKILL):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+@interactive
+def wait_for_file(path, limit=60):
+    """Run on an engine: block until path exists (a test's gate), return the engine's pid."""
+    import os
+    import time
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return os.getpid()

@@ -126,19 +126,7 @@ def test_scatter_then_gather(rc):
     assert sorted(view.gather("part", block=True)) == list(range(12))
 
 
-
 # --- an engine dies with broadcast requests in flight (own cluster: it loses an engine) ---------
-
-@interactive
-def wait_for_file(path, limit=60):
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return os.getpid()
 
 
 def handled(engine):
@@ -150,7 +138,7 @@ def kill_while_running(rc, view, victim, gate):
     """Submit a gated broadcast on view, SIGKILL victim once it runs it, open the gate;
     returns the AsyncResult."""
     before = handled(victim)
-    ar = view.apply_async(wait_for_file, str(gate))
+    ar = view.apply_async(herdtest.wait_for_file, str(gate))
     herdtest.wait_until(lambda: handled(victim) > before, 15, what="the request to run on the victim")
     n = len(rc.ids)
     victim.kill(signal.SIGKILL)

@@ -42,18 +42,6 @@ def getpid():
     return os.getpid()
 
 
-@interactive
-def wait_for_file(path, limit=60):
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return os.getpid()
-
-
 @pytest.fixture
 def gate(tmp_path):
     """A file the blocking task waits for; opened at teardown at the latest."""
@@ -101,7 +89,7 @@ def repeat_fraction(pids):
 def quick_tasks_behind_a_blocker(view, gate, n=10):
     """Block one engine, then run n quick tasks one after another (each must
     finish: the scheme has to avoid the busy engine). Returns (blocker pid, pids)."""
-    blocker = view.apply_async(wait_for_file, str(gate))
+    blocker = view.apply_async(herdtest.wait_for_file, str(gate))
     pids = [view.apply_async(getpid).get(timeout=15) for _ in range(n)]
     gate.write_text("go")
     return blocker.get(timeout=15), pids
@@ -111,7 +99,7 @@ def rotation_onto_the_busy_engine(view, gate):
     """Block one engine, run one quick task (it lands on the other engine), then
     place a second one: a rotating scheme puts it on the busy engine, where it
     waits for the blocker. Returns (blocker pid, first pid, second AsyncResult)."""
-    blocker = view.apply_async(wait_for_file, str(gate))
+    blocker = view.apply_async(herdtest.wait_for_file, str(gate))
     first = view.apply_async(getpid).get(timeout=15)
     second = view.apply_async(getpid)
     assert not second.wait(0.3), "the second quick task did not wait for the busy engine"
