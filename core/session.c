@@ -1,26 +1,30 @@
 /* herd — the Jupyter "Session": HMAC-SHA256 signing and verification, replay refusal, ids,
  * and building the messages the controller sends itself.
  *
- * The HMAC is OpenSSL's (libcrypto): it uses the CPU's SHA extensions where there are
+ * SHA-256 is OpenSSL's (libcrypto): it uses the CPU's SHA extensions where there are
  * some, about 3.5x faster per message than libsodium's portable SHA-256 on the machines
- * herd is measured on (docs/performance.md). libsodium does the constant-time compare, the
- * hex encoding and the wiping of the key.
+ * herd is measured on (docs/performance.md). The HMAC around it (RFC 2104) starts every
+ * message from the inner and outer states keyed once: OpenSSL's EVP_MAC re-initialisation
+ * allocates and frees a digest context per message, which cost more than the hashing of a
+ * typical message. Those SHA256_* calls are deprecated in OpenSSL 3 but kept for exactly
+ * this; they run the same assembly. libsodium does the constant-time compare, the hex
+ * encoding and the wiping of key material.
  */
+#define OPENSSL_API_COMPAT 10101 /* SHA256_CTX: a plain struct that can be copied */
+
 #include "herd/wire.h"
 
 #include <errno.h>
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <sodium.h>
 #include <string.h>
 #include <unistd.h>
 
 /* Same cap as jupyter_client's Session.digest_history_size. */
 #define DIGEST_HISTORY_CAP 65536
-/* The remembered digests live in blocks of this many, allocated as the history grows and
- * never moved (the set points into them), used as one ring in arrival order. */
-#define HISTORY_BLOCK 4096
-#define HISTORY_SLOTS (DIGEST_HISTORY_CAP + HISTORY_BLOCK)
+/* The remembered digests: an open-addressing set of their first 64 bits, at most half
+ * full, and a ring of the same keys in arrival order to forget the oldest. */
+#define HISTORY_TABLE_SLOTS (2 * DIGEST_HISTORY_CAP) /* a power of two */
 
 #define DIGEST_LEN 32 /* SHA-256 */
 #define DIGEST_HEX_LEN (2 * DIGEST_LEN)        /* 64 */
@@ -36,50 +40,48 @@ struct HerdSession {
      * ","username":...,"session":...,"date":" */
     char *header_msg_id_prefix;
     char *header_middle;
-    /* An HMAC context keyed once: each digest re-initialises it without a key, which
-     * keeps the key schedule. Signing takes a const session, so the context is behind a
-     * pointer, and a lock keeps two threads sharing one session correct. */
+    /* SHA-256 states with the key's inner and outer pads absorbed: NULL when not signing.
+     * Read-only after creation, so threads sharing a session need no lock. */
     struct Hmac *hmac;
-    /* Digests of messages that verified: a set of pointers into the ring of blocks, so
-     * remembering one costs no allocation. */
-    GHashTable *history;
-    unsigned char *history_blocks[HISTORY_SLOTS / HISTORY_BLOCK];
-    guint history_oldest; /* ring slot of the oldest remembered digest */
+    /* Digests of messages that verified (allocated at the first one). */
+    guint64 *history_table; /* HISTORY_TABLE_SLOTS keys, 0 = empty slot */
+    guint64 *history_ring;  /* DIGEST_HISTORY_CAP keys, oldest at history_oldest */
+    guint history_oldest;
     guint history_count;
 };
 
 typedef struct Hmac {
-    GMutex lock;
-    EVP_MAC *mac;
-    EVP_MAC_CTX *ctx;
+    SHA256_CTX inner; /* after the 64-byte block key ^ 0x36 */
+    SHA256_CTX outer; /* after the 64-byte block key ^ 0x5c */
 } Hmac;
 
 static void hmac_free(Hmac *h)
 {
     if (!h)
         return;
-    EVP_MAC_CTX_free(h->ctx);
-    EVP_MAC_free(h->mac);
-    g_mutex_clear(&h->lock);
+    sodium_memzero(h, sizeof *h);
     g_free(h);
 }
 
-static Hmac *hmac_new(const char *key, gsize key_len, GError **err)
+static Hmac *hmac_new(const char *key, gsize key_len)
 {
+    unsigned char block[SHA256_CBLOCK] = { 0 };
+    if (key_len > sizeof block)
+        SHA256((const unsigned char *)key, key_len, block); /* long keys are hashed first */
+    else
+        memcpy(block, key, key_len);
     Hmac *h = g_new0(Hmac, 1);
-    g_mutex_init(&h->lock);
-    char digest_name[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
-        OSSL_PARAM_construct_end(),
-    };
-    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    h->ctx = h->mac ? EVP_MAC_CTX_new(h->mac) : NULL;
-    if (!h->ctx || !EVP_MAC_init(h->ctx, (const unsigned char *)key, key_len, params)) {
-        g_set_error(err, HERD_WIRE_ERROR, HERD_WIRE_ERROR_SCHEME, "OpenSSL has no usable HMAC-SHA256");
-        hmac_free(h);
-        return NULL;
-    }
+    unsigned char pad[SHA256_CBLOCK];
+    for (gsize i = 0; i < sizeof pad; i++)
+        pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&h->inner);
+    SHA256_Update(&h->inner, pad, sizeof pad);
+    for (gsize i = 0; i < sizeof pad; i++)
+        pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&h->outer);
+    SHA256_Update(&h->outer, pad, sizeof pad);
+    sodium_memzero(pad, sizeof pad);
+    sodium_memzero(block, sizeof block);
     return h;
 }
 
@@ -92,19 +94,6 @@ static void ensure_sodium(void)
 {
     if (sodium_init() < 0)
         g_error("libsodium failed to initialise");
-}
-
-/* HMAC digests are uniformly random, so their first bytes already make a good hash. */
-static guint digest_hash(gconstpointer d)
-{
-    guint h;
-    memcpy(&h, d, sizeof h);
-    return h;
-}
-
-static gboolean digest_equal(gconstpointer a, gconstpointer b)
-{
-    return memcmp(a, b, DIGEST_LEN) == 0;
 }
 
 char *herd_new_uuid(void)
@@ -150,9 +139,7 @@ HerdSession *herd_session_new(const char *key, const char *scheme, const char *u
     }
     ensure_sodium();
     gsize key_len = key ? strlen(key) : 0;
-    Hmac *hmac = NULL;
-    if (key_len > 0 && !(hmac = hmac_new(key, key_len, err)))
-        return NULL;
+    Hmac *hmac = key_len > 0 ? hmac_new(key, key_len) : NULL;
     HerdSession *s = g_new0(HerdSession, 1);
     s->key = g_strdup(key ? key : "");
     s->key_len = key_len;
@@ -161,7 +148,6 @@ HerdSession *herd_session_new(const char *key, const char *scheme, const char *u
     s->username = username && *username ? g_strdup(username) : default_username();
     s->pid = (long)getpid();
     header_parts_init(s);
-    s->history = g_hash_table_new(digest_hash, digest_equal);
     return s;
 }
 
@@ -176,9 +162,8 @@ void herd_session_free(HerdSession *s)
     g_free(s->username);
     g_free(s->header_msg_id_prefix);
     g_free(s->header_middle);
-    g_hash_table_destroy(s->history);
-    for (guint i = 0; i < G_N_ELEMENTS(s->history_blocks); i++)
-        g_free(s->history_blocks[i]);
+    g_free(s->history_table);
+    g_free(s->history_ring);
     g_free(s);
 }
 
@@ -214,30 +199,30 @@ char *herd_session_msg_id(HerdSession *s)
 
 /* ---- signing ---- */
 
-static void hmac_feed(EVP_MAC_CTX *ctx, HerdBytes b)
+static void hmac_feed(SHA256_CTX *c, HerdBytes b)
 {
     if (b.data == NULL)
-        EVP_MAC_update(ctx, (const unsigned char *)"{}", 2);
+        SHA256_Update(c, "{}", 2);
     else
-        EVP_MAC_update(ctx, (const unsigned char *)b.data, b.len);
+        SHA256_Update(c, b.data, b.len);
 }
 
 /* Only called with signing on (s->hmac set). */
 static void compute_digest(const HerdSession *s, HerdBytes header, HerdBytes parent, HerdBytes metadata,
                            HerdBytes content, unsigned char digest[DIGEST_LEN])
 {
-    Hmac *h = s->hmac;
-    size_t len = 0;
-    g_mutex_lock(&h->lock);
-    gboolean ok = EVP_MAC_init(h->ctx, NULL, 0, NULL); /* same key, fresh message */
-    hmac_feed(h->ctx, header);
-    hmac_feed(h->ctx, parent);
-    hmac_feed(h->ctx, metadata);
-    hmac_feed(h->ctx, content);
-    ok = ok && EVP_MAC_final(h->ctx, digest, &len, DIGEST_LEN) && len == DIGEST_LEN;
-    g_mutex_unlock(&h->lock);
-    if (!ok)
-        g_error("OpenSSL HMAC-SHA256 failed"); /* a keyed context never fails in practice */
+    const Hmac *h = s->hmac;
+    SHA256_CTX c = h->inner;
+    hmac_feed(&c, header);
+    hmac_feed(&c, parent);
+    hmac_feed(&c, metadata);
+    hmac_feed(&c, content);
+    unsigned char inner_digest[DIGEST_LEN];
+    SHA256_Final(inner_digest, &c);
+    c = h->outer;
+    SHA256_Update(&c, inner_digest, sizeof inner_digest);
+    SHA256_Final(digest, &c);
+    sodium_memzero(&c, sizeof c); /* a state derived from the key */
 }
 
 void herd_session_sign(const HerdSession *s, HerdBytes header, HerdBytes parent, HerdBytes metadata,
@@ -262,31 +247,75 @@ static void sign_frames(const HerdSession *s, const HerdFrames *f, char out[65])
 
 /* ---- verification and replay refusal ---- */
 
-static unsigned char *history_slot(HerdSession *s, guint slot)
+/* A digest's key in the history: its first 64 bits (digests are uniformly random, so two
+ * different messages share a key with probability 2^-64), never 0, which marks a free slot. */
+static guint64 history_key(const unsigned char digest[DIGEST_LEN])
 {
-    unsigned char **block = &s->history_blocks[slot / HISTORY_BLOCK];
-    if (!*block)
-        *block = g_malloc((gsize)HISTORY_BLOCK * DIGEST_LEN);
-    return *block + (gsize)(slot % HISTORY_BLOCK) * DIGEST_LEN;
+    guint64 k;
+    memcpy(&k, digest, sizeof k);
+    return k ? k : 1;
 }
 
-/* Past the cap, forget the oldest tenth (at least enough to get back under it).
- * jupyter_client forgets a random tenth; the oldest is what a replay is least likely to
- * reuse, and it keeps the ring contiguous. */
-static void history_remember(HerdSession *s, const unsigned char digest[DIGEST_LEN])
+#define HISTORY_MASK (HISTORY_TABLE_SLOTS - 1)
+
+/* The slot holding key k, or the free slot where the probe for it ends. */
+static guint history_probe(const HerdSession *s, guint64 k)
 {
-    unsigned char *slot = history_slot(s, (s->history_oldest + s->history_count) % HISTORY_SLOTS);
-    memcpy(slot, digest, DIGEST_LEN);
-    g_hash_table_add(s->history, slot);
-    s->history_count++;
-    if (s->history_count <= DIGEST_HISTORY_CAP)
+    guint i = (guint)(k & HISTORY_MASK);
+    while (s->history_table[i] != 0 && s->history_table[i] != k)
+        i = (i + 1) & HISTORY_MASK;
+    return i;
+}
+
+/* Linear probing's deletion: later keys of the same probe run move back into the hole, so
+ * no probe ever stops early at it. */
+static void history_delete(HerdSession *s, guint64 k)
+{
+    guint hole = history_probe(s, k);
+    if (s->history_table[hole] != k)
         return;
-    guint to_drop = MAX(s->history_count / 10, s->history_count - DIGEST_HISTORY_CAP);
-    for (; to_drop > 0; to_drop--) {
-        g_hash_table_remove(s->history, history_slot(s, s->history_oldest));
-        s->history_oldest = (s->history_oldest + 1) % HISTORY_SLOTS;
-        s->history_count--;
+    for (guint j = (hole + 1) & HISTORY_MASK; s->history_table[j] != 0; j = (j + 1) & HISTORY_MASK) {
+        guint home = (guint)(s->history_table[j] & HISTORY_MASK);
+        /* the key at j may move to the hole unless its home lies cyclically in (hole, j] */
+        gboolean stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            s->history_table[hole] = s->history_table[j];
+            hole = j;
+        }
     }
+    s->history_table[hole] = 0;
+}
+
+/* Remember the newest key; past the cap the oldest is forgotten. jupyter_client forgets a
+ * random tenth at once; a sliding window forgets less and never pauses. */
+static void history_remember(HerdSession *s, guint64 k, guint slot)
+{
+    if (s->history_count == DIGEST_HISTORY_CAP) {
+        history_delete(s, s->history_ring[s->history_oldest]);
+        s->history_oldest = (s->history_oldest + 1) % DIGEST_HISTORY_CAP;
+        s->history_count--;
+        slot = history_probe(s, k); /* the deletion may have moved keys */
+    }
+    s->history_table[slot] = k;
+    s->history_ring[(s->history_oldest + s->history_count) % DIGEST_HISTORY_CAP] = k;
+    s->history_count++;
+}
+
+/* TRUE when the wire signature (any bytes) is the lower-case hex of digest, as Python's
+ * string comparison demands. The received text is public, so it is decoded plainly; the
+ * digests are compared in constant time. */
+static gboolean signature_matches(const char *sig, gsize sig_len, const unsigned char digest[DIGEST_LEN])
+{
+    if (sig_len != DIGEST_HEX_LEN)
+        return FALSE;
+    unsigned char given[DIGEST_LEN];
+    for (gsize i = 0; i < DIGEST_LEN; i++) {
+        int hi = g_ascii_xdigit_value(sig[2 * i]), lo = g_ascii_xdigit_value(sig[2 * i + 1]);
+        if (hi < 0 || lo < 0 || g_ascii_isupper(sig[2 * i]) || g_ascii_isupper(sig[2 * i + 1]))
+            return FALSE;
+        given[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return sodium_memcmp(given, digest, DIGEST_LEN) == 0;
 }
 
 HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f)
@@ -306,19 +335,20 @@ HerdVerify herd_session_verify(HerdSession *s, const HerdFrames *f)
                    herd_frame_bytes(f, herd_wire(f, HERD_WIRE_PARENT)),
                    herd_frame_bytes(f, herd_wire(f, HERD_WIRE_METADATA)),
                    herd_frame_bytes(f, herd_wire(f, HERD_WIRE_CONTENT)), digest);
-    char expected[DIGEST_HEX_LEN + 1];
-    sodium_bin2hex(expected, sizeof expected, digest, DIGEST_LEN);
-
-    /* The length is public (always 64); the bytes are compared in constant time. The
-     * frame is compared as text, as Python does, so only lower-case hex matches. */
-    if (sig_len != DIGEST_HEX_LEN || sodium_memcmp(herd_frame_data(f, sig), expected, DIGEST_HEX_LEN) != 0)
+    if (!signature_matches(herd_frame_data(f, sig), sig_len, digest))
         return HERD_VERIFY_INVALID;
 
     /* Only digests that verified are remembered: a forged signature must not be able to
      * make a later genuine message look like a replay. */
-    if (g_hash_table_contains(s->history, digest))
+    if (!s->history_table) {
+        s->history_table = g_new0(guint64, HISTORY_TABLE_SLOTS);
+        s->history_ring = g_new(guint64, DIGEST_HISTORY_CAP);
+    }
+    guint64 k = history_key(digest);
+    guint slot = history_probe(s, k);
+    if (s->history_table[slot] == k)
         return HERD_VERIFY_REPLAYED;
-    history_remember(s, digest);
+    history_remember(s, k, slot);
     return HERD_VERIFY_OK;
 }
 
