@@ -301,17 +301,26 @@ static void history_remember(HerdSession *s, guint64 k, guint slot)
     s->history_count++;
 }
 
-/* TRUE when the wire signature (any bytes) is the lower-case hex of digest, as Python's
- * string comparison demands. The received text is public, so it is decoded plainly; the
- * digests are compared in constant time. */
+/* The value of a lower-case hex digit, or -1 (Python compares the text: no upper case). */
+static inline int lower_hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* TRUE when the wire signature (any bytes) is the lower-case hex of digest. The received
+ * text is public, so it is decoded plainly; the digests are compared in constant time. */
 static gboolean signature_matches(const char *sig, gsize sig_len, const unsigned char digest[DIGEST_LEN])
 {
     if (sig_len != DIGEST_HEX_LEN)
         return FALSE;
     unsigned char given[DIGEST_LEN];
     for (gsize i = 0; i < DIGEST_LEN; i++) {
-        int hi = g_ascii_xdigit_value(sig[2 * i]), lo = g_ascii_xdigit_value(sig[2 * i + 1]);
-        if (hi < 0 || lo < 0 || g_ascii_isupper(sig[2 * i]) || g_ascii_isupper(sig[2 * i + 1]))
+        int hi = lower_hex_value(sig[2 * i]), lo = lower_hex_value(sig[2 * i + 1]);
+        if (hi < 0 || lo < 0)
             return FALSE;
         given[i] = (unsigned char)(hi << 4 | lo);
     }
