@@ -46,6 +46,7 @@ typedef struct Job {
     char *date;            /* request header.date */
     JsonNode *metadata;    /* parsed request metadata */
     Engine *engine;        /* where it currently runs (plain jobs), or NULL */
+    gboolean unassigned;   /* task: in ctl->unassigned (the hub's sets key on msg_id above) */
     guint64 seq;
     /* broadcast */
     GPtrArray *subs;       /* Sub*: one per dispatched engine, in dispatch order */
@@ -173,6 +174,7 @@ Engine *herd_hub_engine(HerdController *ctl, const char *uuid); /* registered on
 void herd_hub_job_received(HerdController *ctl, Job *job);
 void herd_hub_job_dispatched(HerdController *ctl, Job *job, Engine *e);
 void herd_hub_job_undispatched(HerdController *ctl, Job *job);
+void herd_hub_job_forget(HerdController *ctl, Job *job);
 /* fields: what the router already decoded from the reply, or NULL (records parse it). */
 void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e,
                            const char *status, const struct HerdMsgFields *fields);

@@ -129,8 +129,9 @@ static Engine *engine_new(int id, const char *uuid)
     e->uuid = g_strdup(uuid);
     e->pub.id = id;
     e->pub.uuid = e->uuid;
-    e->queue = g_hash_table_new_full(herd_str_hash, g_str_equal, g_free, NULL);
-    e->tasks = g_hash_table_new_full(herd_str_hash, g_str_equal, g_free, NULL);
+    /* keyed on the jobs' own msg_id strings: a job leaves before it is freed */
+    e->queue = g_hash_table_new(herd_str_hash, g_str_equal);
+    e->tasks = g_hash_table_new(herd_str_hash, g_str_equal);
     e->completed_ids = g_queue_new();
     return e;
 }
@@ -703,24 +704,34 @@ void herd_hub_iopub(HerdController *ctl, const HerdFrames *msg)
 
 /* ---------------------------------------------------------------- job bookkeeping */
 
+static void set_unassigned(HerdController *ctl, Job *job, gboolean on)
+{
+    if (on && !job->unassigned)
+        g_hash_table_insert(ctl->unassigned, job->msg_id, GSIZE_TO_POINTER(job->seq));
+    else if (!on && job->unassigned)
+        g_hash_table_remove(ctl->unassigned, job->msg_id);
+    job->unassigned = on;
+}
+
 void herd_hub_job_received(HerdController *ctl, Job *job)
 {
     if (job->ch->kind == CH_TASK)
-        g_hash_table_insert(ctl->unassigned, g_strdup(job->msg_id), GSIZE_TO_POINTER(job->seq));
+        set_unassigned(ctl, job, TRUE);
     herd_hub_records_request(ctl, job);
 }
 
 void herd_hub_job_dispatched(HerdController *ctl, Job *job, Engine *e)
 {
     if (job->ch->kind == CH_MUX) {
-        g_hash_table_insert(e->queue, g_strdup(job->msg_id), GSIZE_TO_POINTER(job->seq));
+        g_hash_table_insert(e->queue, job->msg_id, GSIZE_TO_POINTER(job->seq));
     } else if (job->ch->kind == CH_TASK) {
-        g_hash_table_remove(ctl->unassigned, job->msg_id);
-        g_hash_table_insert(e->tasks, g_strdup(job->msg_id), GSIZE_TO_POINTER(job->seq));
+        set_unassigned(ctl, job, FALSE);
+        g_hash_table_insert(e->tasks, job->msg_id, GSIZE_TO_POINTER(job->seq));
         herd_hub_records_engine(ctl, job, e);
     }
 }
 
+/* Off its engine's queue; a task goes back to the unassigned ones. */
 void herd_hub_job_undispatched(HerdController *ctl, Job *job)
 {
     Engine *e = job->engine;
@@ -730,15 +741,24 @@ void herd_hub_job_undispatched(HerdController *ctl, Job *job)
         g_hash_table_remove(e->queue, job->msg_id);
     } else if (job->ch->kind == CH_TASK) {
         g_hash_table_remove(e->tasks, job->msg_id);
-        g_hash_table_insert(ctl->unassigned, g_strdup(job->msg_id), GSIZE_TO_POINTER(job->seq));
+        set_unassigned(ctl, job, TRUE);
     }
+}
+
+/* The job is about to be freed: out of every set that holds its msg_id. */
+void herd_hub_job_forget(HerdController *ctl, Job *job)
+{
+    if (job->engine && job->ch->kind != CH_BROADCAST) {
+        herd_hub_job_undispatched(ctl, job);
+        job->engine = NULL;
+    }
+    set_unassigned(ctl, job, FALSE);
 }
 
 void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e, const char *status,
                            const struct HerdMsgFields *fields)
 {
-    if (job->ch->kind == CH_TASK)
-        g_hash_table_remove(ctl->unassigned, job->msg_id);
+    set_unassigned(ctl, job, FALSE);
     /* aborted tasks are not counted as completed, aborted MUX requests are (as in 7.1) */
     if (e && !(job->ch->kind == CH_TASK && g_strcmp0(status, "aborted") == 0)) {
         e->n_completed++;
@@ -758,7 +778,7 @@ void herd_hub_init(HerdController *ctl)
     ctl->engines_by_id = g_hash_table_new(g_direct_hash, g_direct_equal);
     ctl->hearts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     ctl->responded = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    ctl->unassigned = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    ctl->unassigned = g_hash_table_new(herd_str_hash, g_str_equal); /* keys: the jobs' msg_id */
     ctl->sched_timers = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     ctl->started_us = g_get_monotonic_time();
     g_strlcpy(ctl->ping_token, "0.000000", sizeof ctl->ping_token);

@@ -165,6 +165,7 @@ static void job_finish(Channel *ch, Job *job)
             g_hash_table_remove(ch->subs, ((Sub *)job->subs->pdata[i])->sub_id);
     }
     g_hash_table_remove(ch->jobs, job->msg_id);
+    herd_hub_job_forget(ch->ctl, job);
     job_free(job);
 }
 
