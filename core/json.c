@@ -574,7 +574,8 @@ gboolean herd_json_scan_count(HerdBytes b, HerdJsonField *fields, guint n_fields
             return FALSE;
         count++;
         for (guint i = 0; i < n_fields && !key_escaped; i++) {
-            if (strlen(fields[i].name) == key_len && memcmp(fields[i].name, key, key_len) == 0) {
+            const char *name = fields[i].name; /* first byte first: most keys differ there */
+            if (key_len > 0 && name[0] == key[0] && strncmp(name, key, key_len) == 0 && name[key_len] == '\0') {
                 fields[i].kind = kind;
                 fields[i].escaped = escaped;
                 if (kind == HERD_JSON_STRING) {
