@@ -91,6 +91,21 @@ def cluster_factory(tmp_path):
         pytest.fail("teardown: " + "\n".join(errors), pytrace=False)
 
 
+@pytest.fixture
+def lview(rc):
+    """A load-balanced view on the client of the test module's own `rc` fixture."""
+    return rc.load_balanced_view()
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A file that gated tasks wait for (herdtest.wait_for_file); opened at teardown at the
+    latest, so a test failing half-way leaves no task blocking the engines of the next."""
+    path = tmp_path / "gate"
+    yield path
+    path.write_text("go")
+
+
 def module_cluster(tmp_path_factory, engines, transport="tcp", herd_conf=None, controller_args=()):
     """Generator body for module-scoped cluster fixtures; herd_conf is the text
     of the profile's herd.conf, if any."""

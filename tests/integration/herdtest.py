@@ -109,7 +109,44 @@ def tail(path, max_lines=200):
 LIVE_LOGS = []
 
 
-class Controller:
+class LoggedProcess:
+    """A process a test starts: its Popen (self.proc) in a session of its own, so that its
+    whole group can be killed by pgid, with stdout and stderr in self.log_path."""
+
+    proc = None
+    returncode = None
+
+    def _spawn(self, argv, env=None):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {shlex.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+                                         start_new_session=True)
+        LIVE_LOGS.append(self.log_path)
+
+    def forget_log(self):
+        if self.log_path in LIVE_LOGS:
+            LIVE_LOGS.remove(self.log_path)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout):
+        """Wait up to timeout seconds for the process to exit by itself; its status or None."""
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.returncode
+
+
+class Controller(LoggedProcess):
     """One controller process writing connection files into profile_dir."""
 
     def __init__(self, workdir, profile_dir, transport="tcp", extra_args=(), cluster_id=None,
@@ -123,8 +160,6 @@ class Controller:
         self.cluster_id = cluster_id
         self.kind = controller_kind()
         self.log_path = self.workdir / log_name
-        self.proc = None
-        self.returncode = None
 
     # --- command line -------------------------------------------------------
     def argv(self):
@@ -162,16 +197,7 @@ class Controller:
 
     # --- life cycle ---------------------------------------------------------
     def start(self, wait_files=True):
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {shlex.join(self.argv())}\n".encode())
-            log.flush()
-            # A session of its own: the Python controller forks helper
-            # processes, and its whole group can then be killed by pgid.
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         start_new_session=True)
-        LIVE_LOGS.append(self.log_path)
+        self._spawn(self.argv())  # the Python controller forks helpers: they share its group
         if wait_files:
             self.wait_for_files()
             if self.kind == "python":
@@ -191,21 +217,6 @@ class Controller:
 
         wait_until(ready_or_dead, timeout, what="both connection files")
 
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_exit(self, timeout):
-        """Wait up to timeout seconds for the controller to exit by itself."""
-        try:
-            self.returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        return self.returncode
-
     def stop(self, timeout=None):
         """SIGTERM, bounded wait, then SIGKILL of its process group.
         Returns the exit status (negative for a signal)."""
@@ -224,10 +235,6 @@ class Controller:
         self.returncode = self.proc.returncode
         kill_leftovers(helpers)
         return self.returncode
-
-    def forget_log(self):
-        if self.log_path in LIVE_LOGS:
-            LIVE_LOGS.remove(self.log_path)
 
     # --- log ----------------------------------------------------------------
     def log_size(self):
@@ -318,7 +325,7 @@ def engine_environment():
     return env
 
 
-class Engine:
+class Engine(LoggedProcess):
     """One `python -m ipyparallel.engine` process, in its own process group."""
 
     def __init__(self, workdir, profile_dir, index, cluster_id=None, extra_args=()):
@@ -328,7 +335,6 @@ class Engine:
         self.cluster_id = cluster_id
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / f"engine-{index}.log"
-        self.proc = None
         self._nanny = None  # psutil.Process, once found
 
     def argv(self):
@@ -339,19 +345,8 @@ class Engine:
         return argv + self.extra_args
 
     def start(self):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         env=engine_environment(), start_new_session=True)
-        LIVE_LOGS.append(self.log_path)
+        self._spawn(self.argv(), env=engine_environment())
         return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
 
     def nanny_pid(self, timeout=15):
         """PID of the engine's nanny: a child process running
@@ -391,14 +386,6 @@ class Engine:
         except ProcessLookupError:
             pass
 
-    def terminate(self):
-        """SIGTERM to the engine's process group, without waiting."""
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
     def stop(self, timeout=10):
         """SIGTERM to the engine's group, bounded wait, SIGKILL; then make sure
         its nanny (in a session of its own) is gone too."""
@@ -419,8 +406,7 @@ class Engine:
         # The nanny reports its parent's exit at once but then takes seconds to
         # wind down; nothing is left for it to do.
         terminate_leftovers(family)
-        if self.log_path in LIVE_LOGS:
-            LIVE_LOGS.remove(self.log_path)
+        self.forget_log()
 
     def _find_nanny_now(self):
         """The nanny as a psutil.Process if it is (or was) known, else None."""
@@ -525,8 +511,6 @@ class Cluster:
             except Exception as exc:
                 problems.append(f"engine {engine.index} terminate failed: {exc!r}")
         for engine in self.engines:
-            engine.terminate()  # all at once: they shut down in parallel
-        for engine in self.engines:
             try:
                 engine.stop()
             except Exception as exc:
@@ -559,8 +543,9 @@ def kill_pid(pid, sig=signal.SIGKILL):
 
 
 @interactive
-def wait_for_file(path, limit=60):
-    """Run on an engine: block until path exists (a test's gate), return the engine's pid."""
+def wait_for_file(path, value=None, limit=60):
+    """Run on an engine: block until path exists (a test's gate, so the test decides when
+    the task ends), then return value, or the engine's pid when no value is given."""
     import os
     import time
     deadline = time.monotonic() + limit
@@ -568,4 +553,4 @@ def wait_for_file(path, limit=60):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
-    return os.getpid()
+    return os.getpid() if value is None else value

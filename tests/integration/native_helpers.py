@@ -17,7 +17,7 @@ def herd_path():
     return (herdtest.herdd_path().parent.parent / "tools" / "herd").resolve()
 
 
-class NativeEngines:
+class NativeEngines(herdtest.LoggedProcess):
     """One `herd engine` process serving `count` engines."""
 
     def __init__(self, workdir, profile_dir, executor="shell", count=1, cluster_id=None,
@@ -30,7 +30,6 @@ class NativeEngines:
         self.cluster_id = cluster_id
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / f"{name}.log"
-        self.proc = None
 
     def argv(self):
         argv = [str(herd_path()), "engine", "--profile-dir", str(self.profile_dir),
@@ -40,27 +39,8 @@ class NativeEngines:
         return argv + self.extra_args
 
     def start(self):
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         start_new_session=True,
-                                         env={**os.environ, **(self.env or {})})
-        herdtest.LIVE_LOGS.append(self.log_path)
+        self._spawn(self.argv(), env={**os.environ, **(self.env or {})})
         return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_exit(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
 
     def stop(self, timeout=10):
         """SIGTERM (the engines unregister), bounded wait, then SIGKILL. Returns the status."""
@@ -74,8 +54,7 @@ class NativeEngines:
         # Shell commands started by the engines run in their own groups; anything left
         # in the engine's group goes too.
         herdtest.kill_group(self.proc.pid)
-        if self.log_path in herdtest.LIVE_LOGS:
-            herdtest.LIVE_LOGS.remove(self.log_path)
+        self.forget_log()
         return self.proc.returncode
 
     def log(self):

@@ -29,37 +29,11 @@ def rc(dep_cluster):
     return dep_cluster.client
 
 
-@pytest.fixture
-def lview(rc):
-    return rc.load_balanced_view()
-
-
-@pytest.fixture
-def gate(tmp_path):
-    """A file that gated tasks wait for; opened at teardown at the latest, so a
-    test failing half-way leaves no task blocking the engines of the next."""
-    path = tmp_path / "gate"
-    yield path
-    path.write_text("go")
-
-
 @interactive
 def run_info(value):
     """(value, engine pid, wall-clock start)"""
     import os
     import time
-    return value, os.getpid(), time.time()
-
-
-@interactive
-def wait_for_file(path, value, limit=60):
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
     return value, os.getpid(), time.time()
 
 
@@ -87,14 +61,15 @@ def submit(view, f, *args, **flags):
 # --- after: time dependencies -----------------------------------------------------------
 
 def test_after_waits_for_the_task_it_names(lview, gate):
-    first = lview.apply_async(wait_for_file, str(gate), "first")
+    first = lview.apply_async(herdtest.wait_for_file, str(gate), "first")
     second = submit(lview, run_info, "second", after=first)
     # An engine is free, but the dependency holds the second task back.
     assert still_waiting(second)
     gate.write_text("go")
-    _, _, first_end = first.get(timeout=15)
-    _, _, second_start = second.get(timeout=15)
-    assert second_start >= first_end
+    assert first.get(timeout=15) == "first"
+    assert second.get(timeout=15)[0] == "second"
+    # The engines' clocks: the second task started after the first one's reply was made.
+    assert second.metadata["started"] >= first.metadata["completed"]
 
 
 def test_after_chain_runs_in_order(lview):
@@ -109,7 +84,7 @@ def test_after_chain_runs_in_order(lview):
 
 
 def test_after_any_of_several(lview, gate):
-    blocked = lview.apply_async(wait_for_file, str(gate), "blocked")
+    blocked = lview.apply_async(herdtest.wait_for_file, str(gate), "blocked")
     done = lview.apply_async(run_info, "done")
     done.get(timeout=15)
     # all=False: one finished dependency is enough.
@@ -202,16 +177,16 @@ def test_dependency_on_an_unknown_msg_id_is_invalid(lview):
 
 
 def test_dependency_timeout(lview, gate):
-    blocked = lview.apply_async(wait_for_file, str(gate), "blocked")
+    blocked = lview.apply_async(herdtest.wait_for_file, str(gate), "blocked")
     waiting = submit(lview, run_info, "late", after=blocked, timeout=0.3)
     assert remote_ename(waiting) == "TaskTimeout"
     gate.write_text("go")
-    assert blocked.get(timeout=15)[0] == "blocked"
+    assert blocked.get(timeout=15) == "blocked"
 
 
 def test_timeout_waiting_for_a_busy_target(lview, rc, gate):
     target = rc.ids[0]
-    blocked = submit(lview, wait_for_file, str(gate), "blocked", targets=[target])
+    blocked = submit(lview, herdtest.wait_for_file, str(gate), "blocked", targets=[target])
     # hwm 1: the only allowed engine is busy, so this task waits and times out.
     waiting = submit(lview, run_info, "late", targets=[target], timeout=0.3)
     assert remote_ename(waiting) == "TaskTimeout"

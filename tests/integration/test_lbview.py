@@ -31,11 +31,6 @@ def rc(lb_cluster):
     return lb_cluster.client
 
 
-@pytest.fixture
-def lview(rc):
-    return rc.load_balanced_view()
-
-
 @interactive
 def square(x):
     return x * x
@@ -45,19 +40,6 @@ def square(x):
 def value_and_pid(x):
     import os
     return x, os.getpid()
-
-
-@interactive
-def wait_for_file(path, value, limit=60):
-    """Return value once path exists: lets a test decide when a task ends."""
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return value
 
 
 def release(path):
@@ -98,7 +80,8 @@ def test_ordered_map_yields_in_submission_order(lview, tmp_path):
     gate, free = tmp_path / "gate", tmp_path / "free"
     release(free)
     # Element 0 waits for the gate; element 1 finishes at once.
-    amr = lview.map_async(wait_for_file, [str(gate), str(free)], ["first", "second"], ordered=True)
+    amr = lview.map_async(herdtest.wait_for_file, [str(gate), str(free)], ["first", "second"],
+                          ordered=True)
     herdtest.wait_until(lambda: amr.progress >= 1, 15, what="the free element to finish")
     assert not amr.ready()
     release(gate)
@@ -110,7 +93,8 @@ def test_ordered_map_yields_in_submission_order(lview, tmp_path):
 def test_unordered_map_yields_what_finishes_first(lview, tmp_path):
     gate, free = tmp_path / "gate", tmp_path / "free"
     release(free)
-    amr = lview.map_async(wait_for_file, [str(gate), str(free)], ["slow", "fast"], ordered=False)
+    amr = lview.map_async(herdtest.wait_for_file, [str(gate), str(free)], ["slow", "fast"],
+                          ordered=False)
     results = iter(amr)
     # Only "fast" can finish until the gate opens, so it must come first.
     assert next(results) == "fast"
@@ -180,9 +164,8 @@ def test_executor_submit_and_map(lview):
         assert list(executor.map(square, range(5))) == [0, 1, 4, 9, 16]
 
 
-def test_view_wait_and_outstanding(lview, tmp_path):
-    gate = tmp_path / "gate"
-    ar = lview.apply_async(wait_for_file, str(gate), "done")
+def test_view_wait_and_outstanding(lview, gate):
+    ar = lview.apply_async(herdtest.wait_for_file, str(gate), "done")
     assert ar.msg_ids[0] in lview.outstanding
     assert not lview.wait(timeout=0.2)
     release(gate)
@@ -195,10 +178,9 @@ def test_many_small_tasks_all_come_back(lview):
     assert lview.map_sync(square, range(300)) == [i * i for i in range(300)]
 
 
-def test_only_the_task_plugin_honours_dependencies(lview, lb_cluster, tmp_path):
-    gate = tmp_path / "gate"
+def test_only_the_task_plugin_honours_dependencies(lview, lb_cluster, gate):
     lb = (lb_cluster.profile_dir / "herd.conf").exists()
-    blocked = lview.apply_async(wait_for_file, str(gate), "blocked")
+    blocked = lview.apply_async(herdtest.wait_for_file, str(gate), "blocked")
     with lview.temp_flags(after=blocked):
         dependent = lview.apply_async(square, 3)
     try:

@@ -22,34 +22,9 @@ def rc(query_cluster):
     return query_cluster.client
 
 
-@pytest.fixture
-def lview(rc):
-    return rc.load_balanced_view()
-
-
-@pytest.fixture
-def gate(tmp_path):
-    """A file gated tasks wait for; opened at teardown at the latest."""
-    path = tmp_path / "gate"
-    yield path
-    path.write_text("go")
-
-
 @interactive
 def triple(x):
     return 3 * x
-
-
-@interactive
-def wait_for_file(path, value, limit=60):
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return value
 
 
 def idle(rc):
@@ -68,8 +43,8 @@ def running_anywhere(rc, msg_id):
 def test_queue_status_counts_running_and_unassigned_tasks(rc, lview, gate):
     herdtest.wait_until(lambda: idle(rc), 15, what="idle engines")
     # hwm 1: one gated task per engine, the third waits unassigned.
-    ars = [lview.apply_async(wait_for_file, str(gate), i) for i in range(3)]
-    mux = rc[rc.ids[0]].apply_async(wait_for_file, str(gate), "direct")
+    ars = [lview.apply_async(herdtest.wait_for_file, str(gate), i) for i in range(3)]
+    mux = rc[rc.ids[0]].apply_async(herdtest.wait_for_file, str(gate), "direct")
 
     def counted():
         status = rc.queue_status()
@@ -102,7 +77,7 @@ def test_queue_status_counts_completed(rc, lview):
 
 def test_result_status_pending_then_completed(rc, lview, gate, query_cluster):
     other = query_cluster.connect()
-    ar = lview.apply_async(wait_for_file, str(gate), "late")
+    ar = lview.apply_async(herdtest.wait_for_file, str(gate), "late")
     msg_id = ar.msg_ids[0]
     # The request and the query travel on different sockets: first make sure the hub has
     # the task (it runs on an engine), then ask from a second client, which has nothing
@@ -134,7 +109,7 @@ def test_get_result_from_a_second_client(lview, query_cluster):
 
 
 def test_get_result_of_a_pending_task_waits_for_it(lview, query_cluster, gate):
-    ar = lview.apply_async(wait_for_file, str(gate), "eventually")
+    ar = lview.apply_async(herdtest.wait_for_file, str(gate), "eventually")
     herdtest.wait_until(lambda: running_anywhere(query_cluster.client, ar.msg_ids[0]), 15,
                         what="the task to run")
     other = query_cluster.connect()
@@ -295,7 +270,7 @@ def test_purge_one_result(rc, lview, query_cluster):
 
 
 def test_purge_a_pending_result_is_refused(rc, lview, gate):
-    ar = lview.apply_async(wait_for_file, str(gate), "pending")
+    ar = lview.apply_async(herdtest.wait_for_file, str(gate), "pending")
     with pytest.raises(RemoteError) as excinfo:
         rc.purge_hub_results(ar.msg_ids[0])
     assert excinfo.value.ename == "IndexError"

@@ -42,14 +42,6 @@ def getpid():
     return os.getpid()
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A file the blocking task waits for; opened at teardown at the latest."""
-    path = tmp_path / "gate"
-    yield path
-    path.write_text("go")
-
-
 def herd_conf(plugin, scheme, hwm):
     lines = ["[scheduler]", f"task = {plugin}", "", "[scheduler.task]", f"scheme = {scheme}",
              f"hwm = {hwm}", ""]
