@@ -23,18 +23,14 @@ typedef struct {
 static void fixture_setup(Fixture *f, gconstpointer data)
 {
     (void)data;
-    g_autoptr(GError) err = NULL;
-    f->root = g_dir_make_tmp("herd-cluster-XXXXXX", &err);
-    g_assert_no_error(err);
-    g_autofree char *security = g_build_filename(f->root, "security", NULL);
-    g_assert_cmpint(g_mkdir(security, 0700), ==, 0);
+    f->root = test_make_tmp_dir("herd-cluster-XXXXXX");
+    g_free(test_make_dir(f->root, "security"));
 }
 
 static void fixture_teardown(Fixture *f, gconstpointer data)
 {
     (void)data;
-    test_remove_tree(f->root);
-    g_free(f->root);
+    test_remove_tmp_dir(&f->root);
 }
 
 static ClusterProc *proc_with(ClusterProcKind kind, int pid, const char *host, const char *job_id, int engines)

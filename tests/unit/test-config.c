@@ -20,11 +20,8 @@ typedef struct {
 static void fixture_setup(Fixture *f, gconstpointer data)
 {
     (void)data;
-    g_autoptr(GError) err = NULL;
-    f->root = g_dir_make_tmp("herd-config-XXXXXX", &err);
-    g_assert_no_error(err);
-    f->profile = g_build_filename(f->root, "profile_default", NULL);
-    g_assert_cmpint(g_mkdir(f->profile, 0700), ==, 0);
+    f->root = test_make_tmp_dir("herd-config-XXXXXX");
+    f->profile = test_make_dir(f->root, "profile_default");
     /* Keep the user's environment out of the results. */
     g_setenv("IPYTHONDIR", f->root, TRUE);
     g_unsetenv("IPP_SESSION_KEY");
@@ -33,8 +30,7 @@ static void fixture_setup(Fixture *f, gconstpointer data)
 static void fixture_teardown(Fixture *f, gconstpointer data)
 {
     (void)data;
-    test_remove_tree(f->root);
-    g_free(f->root);
+    test_remove_tmp_dir(&f->root);
     g_free(f->profile);
     g_unsetenv("IPYTHONDIR");
     g_unsetenv("IPP_SESSION_KEY");

@@ -25,17 +25,14 @@ typedef struct {
 static void fixture_setup(Fixture *f, gconstpointer data)
 {
     (void)data;
-    g_autoptr(GError) err = NULL;
-    f->root = g_dir_make_tmp("herd-connfile-XXXXXX", &err);
-    g_assert_no_error(err);
+    f->root = test_make_tmp_dir("herd-connfile-XXXXXX");
     f->profile = g_build_filename(f->root, "ipython", "profile_default", NULL);
 }
 
 static void fixture_teardown(Fixture *f, gconstpointer data)
 {
     (void)data;
-    test_remove_tree(f->root);
-    g_free(f->root);
+    test_remove_tmp_dir(&f->root);
     g_free(f->profile);
 }
 

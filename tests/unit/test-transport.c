@@ -313,23 +313,25 @@ static void test_tcp_busy_port(void)
 
 /* ---- ipc -------------------------------------------------------------------------------- */
 
-/* A scratch folder per test, removed with everything in it afterwards. */
-typedef struct Scratch {
+/* What most ipc tests start from: the loaded plugin and a scratch folder, removed with
+ * everything in it afterwards. */
+typedef struct IpcFixture {
+    Transport t;
     char *root;
-} Scratch;
+} IpcFixture;
 
-static Scratch scratch_new(void)
+static void ipc_setup(IpcFixture *f, gconstpointer data)
 {
-    Scratch s = {g_dir_make_tmp("herd-ipc-XXXXXX", NULL)};
-    g_assert_nonnull(s.root);
-    return s;
+    (void)data;
+    f->t = load_transport("ipc");
+    f->root = test_make_tmp_dir("herd-ipc-XXXXXX");
 }
 
-
-static void scratch_free(Scratch *s)
+static void ipc_teardown(IpcFixture *f, gconstpointer data)
 {
-    test_remove_tree(s->root);
-    g_free(s->root);
+    (void)data;
+    test_remove_tmp_dir(&f->root);
+    herd_plugin_unload(f->t.plugin);
 }
 
 static GKeyFile *ipc_conf(const char *dir)
@@ -346,6 +348,15 @@ static gpointer open_ipc(const Transport *t, const char *dir, const char *stem, 
     return t->ops->open(&cfg, err);
 }
 
+/* open_ipc that must succeed. */
+static gpointer open_ipc_ok(const Transport *t, const char *dir, const char *stem)
+{
+    g_autoptr(GError) err = NULL;
+    gpointer self = open_ipc(t, dir, stem, &err);
+    g_assert_no_error(err);
+    return self;
+}
+
 static guint file_mode(const char *path)
 {
     struct stat st;
@@ -353,20 +364,15 @@ static guint file_mode(const char *path)
     return st.st_mode & 07777;
 }
 
-static void test_ipc_folder_created_private(void)
+static void test_ipc_folder_created_private(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
-    g_autofree char *dir = g_build_filename(s.root, "run", "herd", NULL);
-    g_autoptr(GError) err = NULL;
-    gpointer self = open_ipc(&t, dir, "herd-abc", &err);
-    g_assert_no_error(err);
+    (void)data;
+    g_autofree char *dir = g_build_filename(f->root, "run", "herd", NULL);
+    gpointer self = open_ipc_ok(&f->t, dir, "herd-abc");
     g_assert_cmpuint(file_mode(dir), ==, 0700);
     g_autofree char *expected = g_strconcat("ipc://", dir, "/herd-abc", NULL);
-    g_assert_cmpstr(t.ops->interface(self), ==, expected);
-    t.ops->close(self);
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
+    g_assert_cmpstr(f->t.ops->interface(self), ==, expected);
+    f->t.ops->close(self);
 }
 
 /* Without a configured dir: $XDG_RUNTIME_DIR/herd. main() pointed XDG_RUNTIME_DIR at a
@@ -413,15 +419,14 @@ static void test_ipc_tmp_fallback_folder(void)
     herd_plugin_unload(t.plugin);
 }
 
-static void test_ipc_refuses_shared_folder(void)
+static void test_ipc_refuses_shared_folder(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
-    g_autofree char *open_dir = g_build_filename(s.root, "open", NULL);
+    (void)data;
+    g_autofree char *open_dir = g_build_filename(f->root, "open", NULL);
     g_assert_cmpint(g_mkdir(open_dir, 0700), ==, 0);
     g_assert_cmpint(g_chmod(open_dir, 0750), ==, 0);
     g_autoptr(GError) err = NULL;
-    g_assert_null(open_ipc(&t, open_dir, "herd-x", &err));
+    g_assert_null(open_ipc(&f->t, open_dir, "herd-x", &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED);
     g_assert_nonnull(strstr(err->message, open_dir));
     g_assert_nonnull(strstr(err->message, "group or others"));
@@ -431,30 +436,27 @@ static void test_ipc_refuses_shared_folder(void)
     /* A folder owned by someone else: as root, hand one to nobody; otherwise "/" is root's. */
     g_autofree char *foreign = NULL;
     if (geteuid() == 0) {
-        foreign = g_build_filename(s.root, "foreign", NULL);
+        foreign = g_build_filename(f->root, "foreign", NULL);
         g_assert_cmpint(g_mkdir(foreign, 0700), ==, 0);
         g_assert_cmpint(chown(foreign, 65534, 65534), ==, 0);
     } else {
         foreign = g_strdup("/");
     }
-    g_assert_null(open_ipc(&t, foreign, "herd-x", &err));
+    g_assert_null(open_ipc(&f->t, foreign, "herd-x", &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED);
     g_assert_nonnull(strstr(err->message, "belongs to uid"));
     g_clear_error(&err);
 
-    g_assert_null(open_ipc(&t, "relative/dir", "herd-x", &err));
+    g_assert_null(open_ipc(&f->t, "relative/dir", "herd-x", &err));
     g_assert_error(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_BAD_VALUE);
     g_clear_error(&err);
 
-    g_autoptr(GKeyFile) conf = ipc_conf(s.root);
+    g_autoptr(GKeyFile) conf = ipc_conf(f->root);
     g_key_file_set_string(conf, "transport.ipc", "directory", "/x");
     HerdTransportConfig cfg = make_config(NULL, "herd-x", conf);
-    g_assert_null(t.ops->open(&cfg, &err));
+    g_assert_null(f->t.ops->open(&cfg, &err));
     g_assert_error(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_UNKNOWN_KEY);
     g_assert_nonnull(strstr(err->message, "\"directory\""));
-
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
 }
 
 /* A folder name of exactly n bytes under root. */
@@ -466,67 +468,58 @@ static char *dir_of_length(const char *root, gsize n)
     return g_build_filename(root, name, NULL);
 }
 
-static void test_ipc_path_length(void)
+static void test_ipc_path_length(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
+    (void)data;
     const gsize limit = sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1;
     g_assert_cmpuint(limit, ==, 107);
 
     /* Refused at open when not even "<stem>:1" fits. */
-    g_autofree char *too_long = dir_of_length(s.root, limit);
+    g_autofree char *too_long = dir_of_length(f->root, limit);
     g_autoptr(GError) err = NULL;
-    g_assert_null(open_ipc(&t, too_long, "herd-x", &err));
+    g_assert_null(open_ipc(&f->t, too_long, "herd-x", &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_FILENAME_TOO_LONG);
     g_assert_nonnull(strstr(err->message, too_long));
     g_assert_nonnull(strstr(err->message, "107"));
     g_clear_error(&err);
 
     /* "<dir>/s:1" is exactly 107 bytes: fits; ":10" does not. */
-    g_autofree char *edge = dir_of_length(s.root, limit - strlen("/s:1"));
-    gpointer self = open_ipc(&t, edge, "s", &err);
-    g_assert_no_error(err);
+    g_autofree char *edge = dir_of_length(f->root, limit - strlen("/s:1"));
+    gpointer self = open_ipc_ok(&f->t, edge, "s");
     void *router = new_router();
-    int port = bind_ok(&t, self, router, "mux", 1);
-    g_assert_false(t.ops->bind(self, router, "task", 10, &port, &err));
+    int port = bind_ok(&f->t, self, router, "mux", 1);
+    g_assert_false(f->t.ops->bind(self, router, "task", 10, &port, &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_FILENAME_TOO_LONG);
     g_autofree char *long_path = g_strconcat(edge, "/s:10", NULL);
     g_assert_nonnull(strstr(err->message, long_path));
     zmq_close(router);
-    t.ops->close(self);
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
+    f->t.ops->close(self);
 }
 
-static void test_ipc_refuses_live_endpoint(void)
+static void test_ipc_refuses_live_endpoint(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
-    g_autoptr(GError) err = NULL;
-    gpointer first = open_ipc(&t, s.root, "herd-live", &err);
-    g_assert_no_error(err);
+    (void)data;
+    gpointer first = open_ipc_ok(&f->t, f->root, "herd-live");
     void *router1 = new_router();
-    int port = bind_ok(&t, first, router1, "registration", 0);
+    int port = bind_ok(&f->t, first, router1, "registration", 0);
 
-    gpointer second = open_ipc(&t, s.root, "herd-live", &err);
-    g_assert_no_error(err);
+    gpointer second = open_ipc_ok(&f->t, f->root, "herd-live");
     void *router2 = new_router();
     int port2 = 0;
-    g_assert_false(t.ops->bind(second, router2, "registration", port, &port2, &err));
+    g_autoptr(GError) err = NULL;
+    g_assert_false(f->t.ops->bind(second, router2, "registration", port, &port2, &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE);
     g_assert_nonnull(strstr(err->message, "already in use by a running controller"));
-    g_autofree char *path = g_strdup_printf("%s/herd-live:%d", s.root, port);
+    g_autofree char *path = g_strdup_printf("%s/herd-live:%d", f->root, port);
     g_assert_nonnull(strstr(err->message, path));
     /* The first controller keeps its endpoint. */
     g_assert_true(g_file_test(path, G_FILE_TEST_EXISTS));
 
     zmq_close(router2);
-    t.ops->close(second);
+    f->t.ops->close(second);
     g_assert_true(g_file_test(path, G_FILE_TEST_EXISTS));
     zmq_close(router1);
-    t.ops->close(first);
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
+    f->t.ops->close(first);
 }
 
 /* Leaves a socket file that nothing listens on, like a controller killed with SIGKILL. */
@@ -541,47 +534,42 @@ static void make_stale_socket(const char *path)
     g_assert_true(g_file_test(path, G_FILE_TEST_EXISTS));
 }
 
-static void test_ipc_stale_file_replaced(void)
+static void test_ipc_stale_file_replaced(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
-    g_autoptr(GError) err = NULL;
-    gpointer self = open_ipc(&t, s.root, "herd-stale", &err);
-    g_assert_no_error(err);
-    g_autofree char *path = g_strdup_printf("%s/herd-stale:4242", s.root);
+    (void)data;
+    gpointer self = open_ipc_ok(&f->t, f->root, "herd-stale");
+    g_autofree char *path = g_strdup_printf("%s/herd-stale:4242", f->root);
     make_stale_socket(path);
 
     void *router = new_router();
-    int port = bind_ok(&t, self, router, "mux", 4242);
+    int port = bind_ok(&f->t, self, router, "mux", 4242);
     g_assert_cmpint(port, ==, 4242);
-    assert_python_peer_reaches(router, t.ops->interface(self), port, FALSE);
+    assert_python_peer_reaches(router, f->t.ops->interface(self), port, FALSE);
 
     /* Something that is not a socket is never removed. */
-    g_autofree char *plain = g_strdup_printf("%s/herd-stale:4343", s.root);
+    g_autofree char *plain = g_strdup_printf("%s/herd-stale:4343", f->root);
     g_assert_true(g_file_set_contents(plain, "keep me", -1, NULL));
     void *router2 = new_router();
-    g_assert_false(t.ops->bind(self, router2, "task", 4343, &port, &err));
+    g_autoptr(GError) err = NULL;
+    g_assert_false(f->t.ops->bind(self, router2, "task", 4343, &port, &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_EXISTS);
     g_assert_true(g_file_test(plain, G_FILE_TEST_IS_REGULAR));
 
     zmq_close(router2);
     zmq_close(router);
-    t.ops->close(self);
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
+    f->t.ops->close(self);
 }
 
-static void test_ipc_close_removes_files(void)
+static void test_ipc_close_removes_files(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
+    (void)data;
     g_autoptr(GError) err = NULL;
     PortPool pool = {.ports = {5001}, .n = 1};
-    g_autoptr(GKeyFile) conf = ipc_conf(s.root);
+    g_autoptr(GKeyFile) conf = ipc_conf(f->root);
     HerdTransportConfig cfg = make_config(NULL, "herd-close", conf);
     cfg.next_port = pool_next_port;
     cfg.pool = &pool;
-    gpointer self = t.ops->open(&cfg, &err);
+    gpointer self = f->t.ops->open(&cfg, &err);
     g_assert_no_error(err);
 
     const char *channels[] = {"mux", "task", "iopub"};
@@ -589,38 +577,33 @@ static void test_ipc_close_removes_files(void)
     char *paths[3];
     for (int i = 0; i < 3; i++) {
         sockets[i] = new_router();
-        int port = bind_ok(&t, self, sockets[i], channels[i], 0);
-        paths[i] = g_strdup_printf("%s/herd-close:%d", s.root, port);
+        int port = bind_ok(&f->t, self, sockets[i], channels[i], 0);
+        paths[i] = g_strdup_printf("%s/herd-close:%d", f->root, port);
         g_assert_true(g_file_test(paths[i], G_FILE_TEST_EXISTS));
         if (i == 0)
             g_assert_cmpint(port, ==, 5001); /* the pool first */
     }
-    t.ops->close(self);
+    f->t.ops->close(self);
     for (int i = 0; i < 3; i++) {
         g_assert_false(g_file_test(paths[i], G_FILE_TEST_EXISTS));
         zmq_close(sockets[i]);
         g_free(paths[i]);
     }
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
 }
 
-static void test_ipc_python_peer(void)
+static void test_ipc_python_peer(IpcFixture *f, gconstpointer data)
 {
-    Transport t = load_transport("ipc");
-    Scratch s = scratch_new();
-    g_autoptr(GError) err = NULL;
-    gpointer self = open_ipc(&t, s.root, "herd-py", &err);
-    g_assert_no_error(err);
+    (void)data;
+    gpointer self = open_ipc_ok(&f->t, f->root, "herd-py");
     void *router = new_router();
-    int port = bind_ok(&t, self, router, "registration", 0);
+    int port = bind_ok(&f->t, self, router, "registration", 0);
     g_assert_cmpint(port, >, 0);
-    assert_python_peer_reaches(router, t.ops->interface(self), port, FALSE);
+    assert_python_peer_reaches(router, f->t.ops->interface(self), port, FALSE);
     zmq_close(router);
-    t.ops->close(self);
-    scratch_free(&s);
-    herd_plugin_unload(t.plugin);
+    f->t.ops->close(self);
 }
+
+#define ADD_IPC(name, fn) g_test_add("/transport/ipc/" name, IpcFixture, NULL, ipc_setup, fn, ipc_teardown)
 
 int main(int argc, char **argv)
 {
@@ -635,15 +618,15 @@ int main(int argc, char **argv)
     g_test_add_func("/transport/tcp/ipv6-python-peer", test_tcp_ipv6_python_peer);
     g_test_add_func("/transport/tcp/port-pool", test_tcp_port_pool);
     g_test_add_func("/transport/tcp/busy-port", test_tcp_busy_port);
-    g_test_add_func("/transport/ipc/folder-created-private", test_ipc_folder_created_private);
+    ADD_IPC("folder-created-private", test_ipc_folder_created_private);
     g_test_add_func("/transport/ipc/default-folder", test_ipc_default_folder);
     g_test_add_func("/transport/ipc/tmp-fallback-folder", test_ipc_tmp_fallback_folder);
-    g_test_add_func("/transport/ipc/refuses-shared-folder", test_ipc_refuses_shared_folder);
-    g_test_add_func("/transport/ipc/path-length", test_ipc_path_length);
-    g_test_add_func("/transport/ipc/refuses-live-endpoint", test_ipc_refuses_live_endpoint);
-    g_test_add_func("/transport/ipc/stale-file-replaced", test_ipc_stale_file_replaced);
-    g_test_add_func("/transport/ipc/close-removes-files", test_ipc_close_removes_files);
-    g_test_add_func("/transport/ipc/python-peer", test_ipc_python_peer);
+    ADD_IPC("refuses-shared-folder", test_ipc_refuses_shared_folder);
+    ADD_IPC("path-length", test_ipc_path_length);
+    ADD_IPC("refuses-live-endpoint", test_ipc_refuses_live_endpoint);
+    ADD_IPC("stale-file-replaced", test_ipc_stale_file_replaced);
+    ADD_IPC("close-removes-files", test_ipc_close_removes_files);
+    ADD_IPC("python-peer", test_ipc_python_peer);
     int rc = g_test_run();
     if (zctx != NULL)
         zmq_ctx_term(zctx);

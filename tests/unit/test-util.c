@@ -20,3 +20,24 @@ void test_remove_tree(const char *path)
     }
     g_rmdir(path);
 }
+
+char *test_make_tmp_dir(const char *tmpl)
+{
+    g_autoptr(GError) err = NULL;
+    char *root = g_dir_make_tmp(tmpl, &err);
+    g_assert_no_error(err);
+    return root;
+}
+
+char *test_make_dir(const char *parent, const char *name)
+{
+    char *path = g_build_filename(parent, name, NULL);
+    g_assert_cmpint(g_mkdir(path, 0700), ==, 0);
+    return path;
+}
+
+void test_remove_tmp_dir(char **root)
+{
+    test_remove_tree(*root);
+    g_clear_pointer(root, g_free);
+}
