@@ -96,24 +96,42 @@ static Reader reader_watch(HerdLoop *loop, void *sock, guint batch)
     return r;
 }
 
+/* The set-up most socket tests share: a pair, a new loop, and a reader watching the
+ * pair's b end that takes at most batch messages per call. */
+typedef struct Watched {
+    Pair p;
+    HerdLoop *loop;
+    Reader r;
+} Watched;
+
+static void watched_open(Watched *w, const char *name, guint batch)
+{
+    pair_open(&w->p, name);
+    w->loop = herd_loop_new();
+    w->r = reader_watch(w->loop, w->p.b, batch);
+    w->r.watch = herd_loop_add_socket(w->loop, w->p.b, on_readable, &w->r);
+}
+
+static void watched_close(Watched *w)
+{
+    herd_loop_free(w->loop);
+    pair_close(&w->p);
+}
+
 /* ---- sockets ---- */
 
 static void test_every_message_arrives_in_small_batches(void)
 {
-    Pair p;
-    pair_open(&p, "batches");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 7);
-    r.watch = herd_loop_add_socket(loop, p.b, on_readable, &r);
+    Watched w;
+    watched_open(&w, "batches", 7);
     const guint n = 5000;
     for (guint i = 0; i < n; i++)
-        send_x(p.a);
-    run_until(loop, &r.received, n, 10);
-    g_assert_cmpuint(r.received, ==, n);
+        send_x(w.p.a);
+    run_until(w.loop, &w.r.received, n, 10);
+    g_assert_cmpuint(w.r.received, ==, n);
     /* The socket fired once or a few times, yet each callback took only 7. */
-    g_assert_cmpuint(r.calls, >=, n / 7);
-    herd_loop_free(loop);
-    pair_close(&p);
+    g_assert_cmpuint(w.r.calls, >=, n / 7);
+    watched_close(&w);
 }
 
 static void test_messages_queued_before_the_watch_are_served(void)
@@ -177,23 +195,19 @@ static void test_ready_watches_are_served_in_the_order_added(void)
 
 static void test_remove_own_watch_inside_callback(void)
 {
-    Pair p;
-    pair_open(&p, "remove-own");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 100);
-    r.stop_after = 3;
-    r.watch = herd_loop_add_socket(loop, p.b, on_readable, &r);
+    Watched w;
+    watched_open(&w, "remove-own", 100);
+    w.r.stop_after = 3;
     for (guint i = 0; i < 10; i++)
-        send_x(p.a);
-    run_until(loop, &r.received, 3, 5);
+        send_x(w.p.a);
+    run_until(w.loop, &w.r.received, 3, 5);
     for (int i = 0; i < 5; i++)
-        g_assert_true(herd_loop_iterate(loop, 10));
-    g_assert_cmpuint(r.received, ==, 3); /* nothing after the removal */
-    herd_loop_touch(loop, p.b);          /* unwatched: no-op */
-    g_assert_true(herd_loop_iterate(loop, 10));
-    g_assert_cmpuint(r.received, ==, 3);
-    herd_loop_free(loop);
-    pair_close(&p);
+        g_assert_true(herd_loop_iterate(w.loop, 10));
+    g_assert_cmpuint(w.r.received, ==, 3); /* nothing after the removal */
+    herd_loop_touch(w.loop, w.p.b);        /* unwatched: no-op */
+    g_assert_true(herd_loop_iterate(w.loop, 10));
+    g_assert_cmpuint(w.r.received, ==, 3);
+    watched_close(&w);
 }
 
 /* The first watch removes the second while both are ready in the same round: the second
@@ -228,27 +242,23 @@ static void test_remove_other_watch_inside_callback(void)
  * watch) must make the loop find the message without any timer. */
 static void check_touch_after_send(gboolean by_watch)
 {
-    Pair p;
-    pair_open(&p, by_watch ? "recheck" : "touch");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 100);
-    r.watch = herd_loop_add_socket(loop, p.b, on_readable, &r);
-    g_assert_true(herd_loop_iterate(loop, 0));
+    Watched w;
+    watched_open(&w, by_watch ? "recheck" : "touch", 100);
+    g_assert_true(herd_loop_iterate(w.loop, 0));
     for (guint round = 0; round < 200; round++) {
-        send_x(p.a);
-        g_assert_cmpint(zmq_send(p.b, "out", 3, 0), ==, 3); /* the reply path of an engine */
+        send_x(w.p.a);
+        g_assert_cmpint(zmq_send(w.p.b, "out", 3, 0), ==, 3); /* the reply path of an engine */
         if (by_watch)
-            herd_loop_recheck(loop, r.watch);
+            herd_loop_recheck(w.loop, w.r.watch);
         else
-            herd_loop_touch(loop, p.b);
-        run_until(loop, &r.received, round + 1, 5);
-        g_assert_cmpuint(r.received, ==, round + 1);
+            herd_loop_touch(w.loop, w.p.b);
+        run_until(w.loop, &w.r.received, round + 1, 5);
+        g_assert_cmpuint(w.r.received, ==, round + 1);
         char buf[8];
-        g_assert_cmpint(zmq_recv(p.a, buf, sizeof buf, 0), ==, 3);
+        g_assert_cmpint(zmq_recv(w.p.a, buf, sizeof buf, 0), ==, 3);
     }
-    g_assert_cmpuint(herd_loop_timer_count(loop), ==, 0);
-    herd_loop_free(loop);
-    pair_close(&p);
+    g_assert_cmpuint(herd_loop_timer_count(w.loop), ==, 0);
+    watched_close(&w);
 }
 
 static void test_touch_after_send_finds_waiting_message(void)
@@ -269,26 +279,22 @@ static void count_call(gpointer data)
 /* Without a touch, a timer firing is the safety net: every socket is looked at again. */
 static void test_timer_rechecks_every_socket(void)
 {
-    Pair p;
-    pair_open(&p, "safety-net");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 100);
-    herd_loop_add_socket(loop, p.b, on_readable, &r);
-    g_assert_true(herd_loop_iterate(loop, 0));
+    Watched w;
+    watched_open(&w, "safety-net", 100);
+    g_assert_true(herd_loop_iterate(w.loop, 0));
     for (guint round = 0; round < 50; round++) {
-        send_x(p.a);
-        g_assert_cmpint(zmq_send(p.b, "out", 3, 0), ==, 3);
+        send_x(w.p.a);
+        g_assert_cmpint(zmq_send(w.p.b, "out", 3, 0), ==, 3);
         guint fired = 0;
-        herd_loop_timer_add(loop, 1, count_call, &fired);
-        run_until(loop, &r.received, round + 1, 5);
-        g_assert_cmpuint(r.received, ==, round + 1);
+        herd_loop_timer_add(w.loop, 1, count_call, &fired);
+        run_until(w.loop, &w.r.received, round + 1, 5);
+        g_assert_cmpuint(w.r.received, ==, round + 1);
         char buf[8];
-        g_assert_cmpint(zmq_recv(p.a, buf, sizeof buf, 0), ==, 3);
-        while (herd_loop_timer_count(loop) > 0)
-            herd_loop_iterate(loop, 50);
+        g_assert_cmpint(zmq_recv(w.p.a, buf, sizeof buf, 0), ==, 3);
+        while (herd_loop_timer_count(w.loop) > 0)
+            herd_loop_iterate(w.loop, 50);
     }
-    herd_loop_free(loop);
-    pair_close(&p);
+    watched_close(&w);
 }
 
 /* Up to 1000 socket pairs (2000 sockets in the process, 1000 watched; fewer if the
@@ -466,25 +472,21 @@ static void spin(gpointer data)
  * sockets their turn. */
 static void test_zero_delay_timer_cannot_starve_sockets(void)
 {
-    Pair p;
-    pair_open(&p, "zero-delay");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 1);
-    herd_loop_add_socket(loop, p.b, on_readable, &r);
-    Spinner s = { .loop = loop };
-    herd_loop_timer_add(loop, 0, spin, &s);
+    Watched w;
+    watched_open(&w, "zero-delay", 1);
+    Spinner s = { .loop = w.loop };
+    herd_loop_timer_add(w.loop, 0, spin, &s);
     for (int i = 0; i < 20; i++)
-        send_x(p.a);
-    for (int i = 0; i < 100 && r.received < 20; i++) {
+        send_x(w.p.a);
+    for (int i = 0; i < 100 && w.r.received < 20; i++) {
         s.fired_this_iteration = 0;
-        g_assert_true(herd_loop_iterate(loop, -1)); /* a due timer: never blocks */
+        g_assert_true(herd_loop_iterate(w.loop, -1)); /* a due timer: never blocks */
         g_assert_cmpuint(s.fired_this_iteration, <=, 1);
     }
-    g_assert_cmpuint(r.received, ==, 20);
+    g_assert_cmpuint(w.r.received, ==, 20);
     g_assert_cmpuint(s.fired, >=, 20);
-    g_assert_cmpuint(herd_loop_timer_count(loop), ==, 1);
-    herd_loop_free(loop);
-    pair_close(&p);
+    g_assert_cmpuint(herd_loop_timer_count(w.loop), ==, 1);
+    watched_close(&w);
 }
 
 /* herd_loop_quit from a socket callback ends herd_loop_run with its status. */
@@ -526,31 +528,27 @@ static void on_flush(gpointer data)
 
 static void test_flush_hook_runs_after_each_iteration(void)
 {
-    Pair p;
-    pair_open(&p, "flush");
-    HerdLoop *loop = herd_loop_new();
-    Reader r = reader_watch(loop, p.b, 100);
-    herd_loop_add_socket(loop, p.b, on_readable, &r);
-    FlushLog fl = { .reader = &r, .order = g_string_new(NULL) };
-    herd_loop_set_flush(loop, on_flush, &fl);
-    herd_loop_iterate(loop, 0);
+    Watched w;
+    watched_open(&w, "flush", 100);
+    FlushLog fl = { .reader = &w.r, .order = g_string_new(NULL) };
+    herd_loop_set_flush(w.loop, on_flush, &fl);
+    herd_loop_iterate(w.loop, 0);
     g_assert_cmpstr(fl.order->str, ==, "f0");
-    send_x(p.a);
-    send_x(p.a);
-    run_until(loop, &r.received, 2, 5);
-    g_assert_cmpuint(r.received, ==, 2);
+    send_x(w.p.a);
+    send_x(w.p.a);
+    run_until(w.loop, &w.r.received, 2, 5);
+    g_assert_cmpuint(w.r.received, ==, 2);
     /* the hook saw both messages taken before it ran */
     g_assert_true(g_str_has_suffix(fl.order->str, "f2"));
     g_string_truncate(fl.order, 0);
-    herd_loop_quit(loop, 0);
-    herd_loop_iterate(loop, 0);
+    herd_loop_quit(w.loop, 0);
+    herd_loop_iterate(w.loop, 0);
     g_assert_cmpstr(fl.order->str, ==, "f2");
-    herd_loop_set_flush(loop, NULL, NULL);
-    herd_loop_iterate(loop, 0);
+    herd_loop_set_flush(w.loop, NULL, NULL);
+    herd_loop_iterate(w.loop, 0);
     g_assert_cmpstr(fl.order->str, ==, "f2");
     g_string_free(fl.order, TRUE);
-    herd_loop_free(loop);
-    pair_close(&p);
+    watched_close(&w);
 }
 
 int main(int argc, char **argv)
