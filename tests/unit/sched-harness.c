@@ -2,7 +2,10 @@
 #include "sched-harness.h"
 
 #include <gmodule.h>
+#include <stdarg.h>
+#include <herd/config.h>
 #include <herd/plugin.h>
+#include <string.h>
 
 typedef struct FakeJob {
     HerdJob job; /* first: the plugin sees &fake->job */
@@ -345,6 +348,19 @@ GError *harness_create_error(const char *plugin_path, const char *name, const ch
     return err;
 }
 
+void harness_assert_refused(const char *plugin_path, const char *name, const char *channel,
+                            const char *conf, int code, ...)
+{
+    g_autoptr(GError) err = harness_create_error(plugin_path, name, channel, conf);
+    g_assert_error(err, HERD_CONFIG_ERROR, code);
+    va_list mentions;
+    va_start(mentions, code);
+    for (const char *m = va_arg(mentions, const char *); m; m = va_arg(mentions, const char *))
+        if (!strstr(err->message, m))
+            g_error("'%s' does not mention %s", err->message, m);
+    va_end(mentions);
+}
+
 void harness_free(Harness *h)
 {
     if (h->self)
@@ -403,6 +419,14 @@ void harness_engine_down(Harness *h, const char *uuid)
     g_ptr_array_add(h->dead, e);
 }
 
+void harness_engines_up(Harness *h, int n)
+{
+    for (int i = 0; i < n; i++) {
+        g_autofree char *uuid = g_strdup_printf("e%d", i);
+        harness_engine_up(h, uuid);
+    }
+}
+
 void harness_set_unreachable(Harness *h, const char *uuid, gboolean unreachable)
 {
     if (unreachable)
@@ -433,6 +457,23 @@ void harness_request(Harness *h, const char *msg_id, const char *metadata_json)
 {
     FakeJob *fj = new_job(h, msg_id, metadata_json);
     h->sched->request(h->self, &fj->job);
+}
+
+void harness_requests(Harness *h, const char *msg_id, ...)
+{
+    va_list more;
+    va_start(more, msg_id);
+    for (const char *id = msg_id; id; id = va_arg(more, const char *))
+        harness_request(h, id, NULL);
+    va_end(more);
+}
+
+void harness_numbered_requests(Harness *h, const char *prefix, int first, int n)
+{
+    for (int i = first; i < first + n; i++) {
+        g_autofree char *id = g_strdup_printf("%s%d", prefix, i);
+        harness_request(h, id, NULL);
+    }
 }
 
 void harness_request_to(Harness *h, const char *msg_id, const char *target_uuid)

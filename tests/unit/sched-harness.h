@@ -28,6 +28,18 @@ Harness *harness_new(const char *plugin_path, const char *name, const char *chan
 /* The same, but returns the creation error (NULL if creation succeeded). */
 GError *harness_create_error(const char *plugin_path, const char *name, const char *channel,
                              const char *conf);
+/* A configuration a scheduler must refuse: the HERD_CONFIG_ERROR code, and a string the
+ * message must mention. */
+typedef struct HarnessRefusal {
+    const char *conf;
+    int code;
+    const char *mentions;
+} HarnessRefusal;
+
+/* Assert that creating the instance fails with the HERD_CONFIG_ERROR `code` and a message
+ * that mentions each string given after it (the list ends with NULL). */
+void harness_assert_refused(const char *plugin_path, const char *name, const char *channel,
+                            const char *conf, int code, ...) G_GNUC_NULL_TERMINATED;
 /* Destroy the instance, check no reply or timer was leaked, unload the module. */
 void harness_free(Harness *h);
 
@@ -37,6 +49,8 @@ const char *harness_scheme(Harness *h);
 
 void harness_engine_up(Harness *h, const char *uuid);
 void harness_engine_down(Harness *h, const char *uuid);
+/* Engines "e0" .. "e<n-1>", up in that order: the newest is the least recently used. */
+void harness_engines_up(Harness *h, int n);
 /* Make dispatches to this engine fail the way the core's do when a send fails: the host
  * answers at once, from inside host->dispatch, by calling the plugin's reply op with a
  * synthesized EngineError (logged as "dispatch <msg_id> <engine>!"). */
@@ -44,6 +58,10 @@ void harness_set_unreachable(Harness *h, const char *uuid, gboolean unreachable)
 
 /* A request with the given metadata JSON object text (NULL = "{}"). */
 void harness_request(Harness *h, const char *msg_id, const char *metadata_json);
+/* Requests without metadata, in the order given (the list ends with NULL). */
+void harness_requests(Harness *h, const char *msg_id, ...) G_GNUC_NULL_TERMINATED;
+/* n requests without metadata, named <prefix><first> .. <prefix><first + n - 1>. */
+void harness_numbered_requests(Harness *h, const char *prefix, int first, int n);
 /* A request naming its engine (the mux/control channels). */
 void harness_request_to(Harness *h, const char *msg_id, const char *target_uuid);
 

@@ -1,8 +1,6 @@
 /* herd — the broadcast scheduler: one request, one dispatch per target engine. */
 #include "sched-harness.h"
 
-#include <string.h>
-
 #include <herd/config.h>
 
 static Harness *new_broadcast(void)
@@ -20,9 +18,7 @@ static void test_descriptor(void)
 static void test_dispatch_once_per_target(void)
 {
     Harness *h = new_broadcast();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    harness_engine_up(h, "e2");
+    harness_engines_up(h, 3);
     harness_request(h, "m", "{\"targets\": [[\"e2\", 2], [\"e0\", 0], [\"e1\", 1]], "
                             "\"is_broadcast\": true, \"is_coalescing\": false}");
     harness_expect(h, "dispatch m e2; dispatch m e0; dispatch m e1");
@@ -39,8 +35,7 @@ static void test_dispatch_once_per_target(void)
 static void test_duplicate_targets_and_replies(void)
 {
     Harness *h = new_broadcast();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_request(h, "m", "{\"targets\": [[\"e0\", 0], [\"e1\", 1], [\"e0\", 0]]}");
     harness_expect(h, "dispatch m e0; dispatch m e1");
     harness_reply(h, "m", "e0", "ok");
@@ -69,8 +64,7 @@ static void test_unknown_target_fails_before_dispatch(void)
 static void test_engine_down_completes_waiting_requests(void)
 {
     Harness *h = new_broadcast();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_request(h, "a", "{\"targets\": [[\"e0\", 0], [\"e1\", 1]], \"is_coalescing\": true}");
     harness_request(h, "b", "{\"targets\": [[\"e1\", 1]]}");
     harness_request(h, "c", "{\"targets\": [[\"e0\", 0], [\"e1\", 1]]}");
@@ -92,8 +86,7 @@ static void test_engine_down_completes_waiting_requests(void)
 static void test_late_reply_from_dead_engine_is_dropped(void)
 {
     Harness *h = new_broadcast();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_request(h, "m", "{\"targets\": [[\"e0\", 0], [\"e1\", 1]]}");
     harness_engine_down(h, "e0");
     harness_reply(h, "m", "e0", "ok");
@@ -106,8 +99,7 @@ static void test_late_reply_from_dead_engine_is_dropped(void)
 static void test_dispatch_failing_at_once(void)
 {
     Harness *h = new_broadcast();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_set_unreachable(h, "e0", TRUE);
     /* The answer for e0 waits until every target was sent the request. */
     harness_request(h, "m", "{\"targets\": [[\"e0\", 0], [\"e1\", 1]]}");
@@ -123,10 +115,9 @@ static void test_dispatch_failing_at_once(void)
 
 static void test_options(void)
 {
-    g_autoptr(GError) err = harness_create_error(SCHED_PLUGIN_PATH, "broadcast", "broadcast",
-                                                 "[scheduler.broadcast]\nfanout=2\n");
-    g_assert_error(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_UNKNOWN_KEY);
-    g_assert_nonnull(strstr(err->message, "'fanout'"));
+    harness_assert_refused(SCHED_PLUGIN_PATH, "broadcast", "broadcast",
+                           "[scheduler.broadcast]\nfanout=2\n", HERD_CONFIG_ERROR_UNKNOWN_KEY,
+                           "'fanout'", NULL);
 }
 
 int main(int argc, char **argv)

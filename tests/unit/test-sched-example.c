@@ -1,8 +1,6 @@
 /* herd — the example scheduler of docs/schedulers.md loads and schedules. */
 #include "sched-harness.h"
 
-#include <string.h>
-
 #include <herd/config.h>
 
 static Harness *new_roundrobin(void)
@@ -18,9 +16,7 @@ static void test_takes_turns(void)
     harness_engine_up(h, "e0");
     harness_expect(h, "dispatch a e0");
     harness_engine_up(h, "e1");
-    harness_request(h, "b", NULL);
-    harness_request(h, "c", NULL);
-    harness_request(h, "d", NULL);
+    harness_requests(h, "b", "c", "d", NULL);
     harness_expect(h, "dispatch b e0; dispatch c e1; dispatch d e0");
     harness_reply(h, "c", "e0", "ok");
     harness_expect(h, "deliver c ok@e0");
@@ -31,10 +27,8 @@ static void test_takes_turns(void)
 static void test_engine_down_answers_for_it(void)
 {
     Harness *h = new_roundrobin();
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
+    harness_engines_up(h, 2);
+    harness_requests(h, "a", "b", NULL);
     harness_engine_down(h, "e0");
     harness_expect(h, "dispatch a e0; dispatch b e1; deliver a EngineError@e0");
     harness_request(h, "c", NULL);
@@ -44,10 +38,9 @@ static void test_engine_down_answers_for_it(void)
 
 static void test_refuses_options(void)
 {
-    g_autoptr(GError) err = harness_create_error(SCHED_PLUGIN_PATH, "roundrobin", "task",
-                                                 "[scheduler.task]\nplugin=roundrobin\nhwm=1\n");
-    g_assert_error(err, HERD_CONFIG_ERROR, HERD_CONFIG_ERROR_UNKNOWN_KEY);
-    g_assert_nonnull(strstr(err->message, "'hwm'"));
+    harness_assert_refused(SCHED_PLUGIN_PATH, "roundrobin", "task",
+                           "[scheduler.task]\nplugin=roundrobin\nhwm=1\n",
+                           HERD_CONFIG_ERROR_UNKNOWN_KEY, "'hwm'", NULL);
 }
 
 int main(int argc, char **argv)

@@ -24,12 +24,8 @@ static void test_scheme_reported(void)
 static void test_hwm1_queues_fifo(void)
 {
     Harness *h = new_lb("");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    for (int i = 1; i <= 5; i++) {
-        g_autofree char *id = g_strdup_printf("m%d", i);
-        harness_request(h, id, NULL);
-    }
+    harness_engines_up(h, 2);
+    harness_numbered_requests(h, "m", 1, 5);
     /* The newest engine is the least recently used one. */
     harness_expect(h, "dispatch m1 e1; dispatch m2 e0");
     harness_reply(h, "m2", "e0", "ok");
@@ -47,12 +43,8 @@ static void test_hwm1_queues_fifo(void)
 static void test_hwm0_sends_everything_spread_by_load(void)
 {
     Harness *h = new_lb("hwm=0");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    for (int i = 1; i <= 4; i++) {
-        g_autofree char *id = g_strdup_printf("m%d", i);
-        harness_request(h, id, NULL);
-    }
+    harness_engines_up(h, 2);
+    harness_numbered_requests(h, "m", 1, 4);
     harness_expect(h, "dispatch m1 e1; dispatch m2 e0; dispatch m3 e1; dispatch m4 e0");
     harness_reply(h, "m2", "e0", "ok");
     harness_request(h, "m5", NULL);
@@ -63,12 +55,8 @@ static void test_hwm0_sends_everything_spread_by_load(void)
 static void test_hwm2_fills_each_engine_to_two(void)
 {
     Harness *h = new_lb("hwm=2\nscheme=lru");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    for (int i = 1; i <= 5; i++) {
-        g_autofree char *id = g_strdup_printf("m%d", i);
-        harness_request(h, id, NULL);
-    }
+    harness_engines_up(h, 2);
+    harness_numbered_requests(h, "m", 1, 5);
     harness_expect(h, "dispatch m1 e1; dispatch m2 e0; dispatch m3 e1; dispatch m4 e0");
     harness_reply(h, "m1", "e1", "ok");
     harness_expect(h, "deliver m1 ok@e1; dispatch m5 e1");
@@ -78,8 +66,7 @@ static void test_hwm2_fills_each_engine_to_two(void)
 static void test_waits_for_first_engine(void)
 {
     Harness *h = new_lb("");
-    harness_request(h, "m1", NULL);
-    harness_request(h, "m2", NULL);
+    harness_requests(h, "m1", "m2", NULL);
     harness_expect(h, "");
     harness_engine_up(h, "e0");
     harness_expect(h, "dispatch m1 e0");
@@ -103,12 +90,8 @@ static void test_metadata_is_ignored(void)
 static void test_leastload_and_lru(void)
 {
     Harness *h = new_lb("hwm=0");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    harness_engine_up(h, "e2");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
-    harness_request(h, "c", NULL);
+    harness_engines_up(h, 3);
+    harness_requests(h, "a", "b", "c", NULL);
     harness_expect(h, "dispatch a e2; dispatch b e1; dispatch c e0");
     harness_reply(h, "b", "e1", "ok");
     harness_discard(h);
@@ -118,10 +101,8 @@ static void test_leastload_and_lru(void)
     harness_free(h);
 
     h = new_lb("hwm=0\nscheme=lru");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
+    harness_engines_up(h, 2);
+    harness_requests(h, "a", "b", NULL);
     harness_reply(h, "b", "e0", "ok");
     harness_discard(h);
     /* lru ignores load: e1 was assigned longest ago. */
@@ -136,9 +117,7 @@ static void test_random_schemes_use_several_engines(void)
     for (guint s = 0; s < G_N_ELEMENTS(schemes); s++) {
         g_autofree char *opts = g_strdup_printf("hwm=0\nscheme=%s", schemes[s]);
         Harness *h = new_lb(opts);
-        harness_engine_up(h, "e0");
-        harness_engine_up(h, "e1");
-        harness_engine_up(h, "e2");
+        harness_engines_up(h, 3);
         GHashTable *used = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         for (int i = 0; i < 200; i++) {
             g_autofree char *id = g_strdup_printf("m%d", i);
@@ -162,8 +141,7 @@ static void test_random_schemes_use_several_engines(void)
 static void test_stranded_jobs_answered_after_delay(void)
 {
     Harness *h = new_lb("hwm=0\nstranded_delay_ms=100");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_request(h, "a", NULL); /* e1 */
     harness_request(h, "b", NULL); /* e0 */
     harness_request(h, "c", NULL); /* e1 */
@@ -187,8 +165,7 @@ static void test_stranded_timer_dropped_when_all_answered(void)
 {
     Harness *h = new_lb("stranded_delay_ms=100");
     harness_engine_up(h, "e0");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
+    harness_requests(h, "a", "b", NULL);
     harness_engine_down(h, "e0");
     g_assert_cmpuint(harness_live_timers(h), ==, 1);
     harness_reply(h, "a", "e0", "ok");
@@ -203,12 +180,10 @@ static void test_stranded_timer_dropped_when_all_answered(void)
 static void test_engine_down_with_nothing_in_flight(void)
 {
     Harness *h = new_lb("");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
+    harness_engines_up(h, 2);
     harness_engine_down(h, "e1");
     g_assert_cmpuint(harness_live_timers(h), ==, 0);
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
+    harness_requests(h, "a", "b", NULL);
     harness_expect(h, "dispatch a e0");
     harness_free(h);
 }
@@ -217,9 +192,7 @@ static void test_dispatch_failing_at_once(void)
 {
     Harness *h = new_lb("");
     harness_engine_up(h, "e0");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
-    harness_request(h, "c", NULL);
+    harness_requests(h, "a", "b", "c", NULL);
     harness_set_unreachable(h, "e0", TRUE);
     harness_reply(h, "a", "e0", "ok");
     harness_expect(h, "dispatch a e0; deliver a ok@e0; dispatch b e0!; deliver b EngineError@e0; "
@@ -231,22 +204,15 @@ static void test_pure_rotates_without_hwm(void)
 {
     Harness *h = new_lb("scheme=pure\nhwm=1");
     g_assert_cmpstr(harness_scheme(h), ==, "pure");
-    harness_engine_up(h, "e0");
-    harness_engine_up(h, "e1");
-    harness_request(h, "a", NULL);
-    harness_request(h, "b", NULL);
-    harness_request(h, "c", NULL);
+    harness_engines_up(h, 2);
+    harness_requests(h, "a", "b", "c", NULL);
     harness_expect(h, "dispatch a e1; dispatch b e0; dispatch c e1");
     harness_free(h);
 }
 
 static void test_options(void)
 {
-    struct {
-        const char *conf;
-        int code;
-        const char *mentions;
-    } cases[] = {
+    const HarnessRefusal cases[] = {
         {"[scheduler.task]\nfoo=1\n", HERD_CONFIG_ERROR_UNKNOWN_KEY, "'foo'"},
         {"[scheduler.task]\nretries=1\n", HERD_CONFIG_ERROR_UNKNOWN_KEY, "'retries'"},
         {"[scheduler.task]\nhwm=-1\n", HERD_CONFIG_ERROR_BAD_VALUE, "'-1'"},
@@ -255,11 +221,9 @@ static void test_options(void)
         {"[scheduler.task]\nstranded_delay_ms=1.5\n", HERD_CONFIG_ERROR_BAD_VALUE,
          "stranded_delay_ms"},
     };
-    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
-        g_autoptr(GError) err = harness_create_error(SCHED_PLUGIN_PATH, "lb", "task", cases[i].conf);
-        g_assert_error(err, HERD_CONFIG_ERROR, cases[i].code);
-        g_assert_nonnull(strstr(err->message, cases[i].mentions));
-    }
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++)
+        harness_assert_refused(SCHED_PLUGIN_PATH, "lb", "task", cases[i].conf, cases[i].code,
+                               cases[i].mentions, NULL);
     /* Other channels' groups are not this instance's business. */
     Harness *h = harness_new(SCHED_PLUGIN_PATH, "lb", "task", "[scheduler.mux]\nfoo=1\n");
     harness_free(h);
