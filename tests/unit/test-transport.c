@@ -73,6 +73,22 @@ static int pool_next_port(gpointer data)
     return pool->next < pool->n ? pool->ports[pool->next++] : 0;
 }
 
+/* Binds with port 0 take the pool's ports first. */
+static void use_pool(HerdTransportConfig *cfg, PortPool *pool)
+{
+    cfg->next_port = pool_next_port;
+    cfg->pool = pool;
+}
+
+/* ops->open that must succeed. */
+static gpointer open_ok(const Transport *t, const HerdTransportConfig *cfg)
+{
+    g_autoptr(GError) err = NULL;
+    gpointer self = t->ops->open(cfg, &err);
+    g_assert_no_error(err);
+    return self;
+}
+
 static const char *test_python(void)
 {
     const char *py = g_getenv("HERD_TEST_PYTHON");
@@ -170,9 +186,7 @@ static int bind_ok(const Transport *t, gpointer self, void *zsock, const char *c
 static void assert_tcp_interface(const Transport *t, const char *ip, const char *expected)
 {
     HerdTransportConfig cfg = make_config(ip, "herd-test", NULL);
-    g_autoptr(GError) err = NULL;
-    gpointer self = t->ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    gpointer self = open_ok(t, &cfg);
     g_assert_cmpstr(t->ops->interface(self), ==, expected);
     t->ops->close(self);
 }
@@ -213,9 +227,7 @@ static void check_tcp_python_reach(const char *ip, gboolean ipv6)
 {
     Transport t = load_transport("tcp");
     HerdTransportConfig cfg = make_config(ip, "herd-test", NULL);
-    g_autoptr(GError) err = NULL;
-    gpointer self = t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    gpointer self = open_ok(&t, &cfg);
     void *router = new_router();
     int port = bind_ok(&t, self, router, "registration", 0);
     g_assert_cmpint(port, >, 0);
@@ -240,11 +252,8 @@ static void test_tcp_port_pool(void)
     Transport t = load_transport("tcp");
     PortPool pool = {.ports = {free_tcp_port(), free_tcp_port()}, .n = 2};
     HerdTransportConfig cfg = make_config("127.0.0.1", "herd-test", NULL);
-    cfg.next_port = pool_next_port;
-    cfg.pool = &pool;
-    g_autoptr(GError) err = NULL;
-    gpointer self = t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    use_pool(&cfg, &pool);
+    gpointer self = open_ok(&t, &cfg);
 
     void *sockets[4];
     int bound[4];
@@ -282,14 +291,12 @@ static void test_tcp_busy_port(void)
 
     PortPool pool = {.ports = {busy}, .n = 1};
     HerdTransportConfig cfg = make_config("127.0.0.1", "herd-test", NULL);
-    cfg.next_port = pool_next_port;
-    cfg.pool = &pool;
-    g_autoptr(GError) err = NULL;
-    gpointer self = t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    use_pool(&cfg, &pool);
+    gpointer self = open_ok(&t, &cfg);
     void *router = new_router();
     int port = -1;
 
+    g_autoptr(GError) err = NULL;
     g_assert_false(t.ops->bind(self, router, "mux", busy, &port, &err));
     g_assert_error(err, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE);
     g_assert_nonnull(strstr(err->message, endpoint));
@@ -351,10 +358,9 @@ static gpointer open_ipc(const Transport *t, const char *dir, const char *stem, 
 /* open_ipc that must succeed. */
 static gpointer open_ipc_ok(const Transport *t, const char *dir, const char *stem)
 {
-    g_autoptr(GError) err = NULL;
-    gpointer self = open_ipc(t, dir, stem, &err);
-    g_assert_no_error(err);
-    return self;
+    g_autoptr(GKeyFile) conf = ipc_conf(dir);
+    HerdTransportConfig cfg = make_config(NULL, stem, conf);
+    return open_ok(t, &cfg);
 }
 
 static guint file_mode(const char *path)
@@ -381,9 +387,7 @@ static void test_ipc_default_folder(void)
 {
     Transport t = load_transport("ipc");
     HerdTransportConfig cfg = make_config(NULL, "herd-def", NULL);
-    g_autoptr(GError) err = NULL;
-    gpointer self = t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    gpointer self = open_ok(&t, &cfg);
     g_autofree char *dir = g_build_filename(runtime_dir, "herd", NULL);
     g_autofree char *expected = g_strconcat("ipc://", dir, "/herd-def", NULL);
     g_assert_cmpstr(t.ops->interface(self), ==, expected);
@@ -407,9 +411,7 @@ static void test_ipc_tmp_fallback_folder(void)
     gboolean existed = g_file_test(dir, G_FILE_TEST_EXISTS);
     Transport t = load_transport("ipc");
     HerdTransportConfig cfg = make_config(NULL, "herd-tmp", NULL);
-    g_autoptr(GError) err = NULL;
-    gpointer self = t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    gpointer self = open_ok(&t, &cfg);
     g_autofree char *expected = g_strconcat("ipc://", dir, "/herd-tmp", NULL);
     g_assert_cmpstr(t.ops->interface(self), ==, expected);
     g_assert_cmpuint(file_mode(dir), ==, 0700);
@@ -563,14 +565,11 @@ static void test_ipc_stale_file_replaced(IpcFixture *f, gconstpointer data)
 static void test_ipc_close_removes_files(IpcFixture *f, gconstpointer data)
 {
     (void)data;
-    g_autoptr(GError) err = NULL;
     PortPool pool = {.ports = {5001}, .n = 1};
     g_autoptr(GKeyFile) conf = ipc_conf(f->root);
     HerdTransportConfig cfg = make_config(NULL, "herd-close", conf);
-    cfg.next_port = pool_next_port;
-    cfg.pool = &pool;
-    gpointer self = f->t.ops->open(&cfg, &err);
-    g_assert_no_error(err);
+    use_pool(&cfg, &pool);
+    gpointer self = open_ok(&f->t, &cfg);
 
     const char *channels[] = {"mux", "task", "iopub"};
     void *sockets[3];
