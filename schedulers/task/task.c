@@ -38,7 +38,7 @@ typedef struct Fact {
 
 /* A dependency: a set of msg_ids and how they must have finished. */
 typedef struct Dep {
-    GPtrArray *ids; /* char*, owned */
+    GPtrArray *ids; /* char*, owned; NULL while there are none (most tasks have none) */
     gboolean all, success, failure;
 } Dep;
 
@@ -167,9 +167,14 @@ static void fact_finish(TaskSched *ts, const char *msg_id, FactOutcome outcome, 
 
 /* ---- dependencies ----------------------------------------------------------------------- */
 
+static guint dep_len(const Dep *d)
+{
+    return d->ids ? d->ids->len : 0;
+}
+
 static gboolean dep_is_empty(const Dep *d)
 {
-    return !d->ids || d->ids->len == 0;
+    return dep_len(d) == 0;
 }
 
 /* The id finished in a way that satisfies d. */
@@ -191,7 +196,7 @@ static gboolean dep_met(TaskSched *ts, const Dep *d, guint64 engine)
 {
     if (dep_is_empty(d))
         return TRUE;
-    for (guint i = 0; i < d->ids->len; i++) {
+    for (guint i = 0; i < dep_len(d); i++) {
         const Fact *f = fact_lookup(ts, d->ids->pdata[i]);
         gboolean counts = fact_counts(d, f) && (engine == 0 || f->engine == engine);
         if (d->all && !counts)
@@ -206,7 +211,7 @@ static gboolean dep_unreachable(TaskSched *ts, const Dep *d)
 {
     if (dep_is_empty(d))
         return FALSE;
-    for (guint i = 0; i < d->ids->len; i++) {
+    for (guint i = 0; i < dep_len(d); i++) {
         gboolean spoiled = fact_spoils(d, fact_lookup(ts, d->ids->pdata[i]));
         if (d->all && spoiled)
             return TRUE;
@@ -219,7 +224,7 @@ static gboolean dep_unreachable(TaskSched *ts, const Dep *d)
 /* Only ids submitted here (and still remembered) are valid, and never the task itself. */
 static gboolean dep_is_valid(TaskSched *ts, const Dep *d, const char *own_id)
 {
-    for (guint i = 0; d->ids && i < d->ids->len; i++) {
+    for (guint i = 0; i < dep_len(d); i++) {
         const char *id = d->ids->pdata[i];
         if (g_str_equal(id, own_id) || !fact_lookup(ts, id))
             return FALSE;
@@ -232,7 +237,7 @@ static gboolean dep_is_valid(TaskSched *ts, const Dep *d, const char *own_id)
 static gboolean follow_split_across_engines(TaskSched *ts, const Dep *follow)
 {
     guint64 seen = 0;
-    for (guint i = 0; follow->ids && i < follow->ids->len; i++) {
+    for (guint i = 0; i < dep_len(follow); i++) {
         const Fact *f = fact_lookup(ts, follow->ids->pdata[i]);
         if (!fact_counts(follow, f) || f->engine == 0)
             continue;
@@ -265,12 +270,16 @@ static gboolean json_flag(JsonObject *o, const char *name, gboolean def, gboolea
 }
 
 /* Append the msg_ids of a string or an array of strings. */
-static gboolean parse_ids(JsonNode *n, GPtrArray *ids)
+/* Appends the ids of n (a string, a list of strings, or null) to *ids, made when the
+ * first one is added. */
+static gboolean parse_ids(JsonNode *n, GPtrArray **ids)
 {
     if (!n || JSON_NODE_HOLDS_NULL(n))
         return TRUE;
     if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING) {
-        g_ptr_array_add(ids, g_strdup(json_node_get_string(n)));
+        if (!*ids)
+            *ids = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(*ids, g_strdup(json_node_get_string(n)));
         return TRUE;
     }
     if (!JSON_NODE_HOLDS_ARRAY(n))
@@ -280,7 +289,9 @@ static gboolean parse_ids(JsonNode *n, GPtrArray *ids)
         JsonNode *e = json_array_get_element(a, i);
         if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING)
             return FALSE;
-        g_ptr_array_add(ids, g_strdup(json_node_get_string(e)));
+        if (!*ids)
+            *ids = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(*ids, g_strdup(json_node_get_string(e)));
     }
     return TRUE;
 }
@@ -289,15 +300,15 @@ static gboolean parse_ids(JsonNode *n, GPtrArray *ids)
  * {"dependencies": [...], "all": b, "success": b, "failure": b}. */
 static gboolean parse_dep(JsonObject *md, const char *name, Dep *d)
 {
-    d->ids = g_ptr_array_new_with_free_func(g_free);
+    d->ids = NULL;
     d->all = TRUE;
     d->success = TRUE;
     d->failure = FALSE;
     JsonNode *n = json_object_get_member(md, name);
     if (!n || !JSON_NODE_HOLDS_OBJECT(n))
-        return parse_ids(n, d->ids);
+        return parse_ids(n, &d->ids);
     JsonObject *o = json_node_get_object(n);
-    if (!parse_ids(json_object_get_member(o, "dependencies"), d->ids) ||
+    if (!parse_ids(json_object_get_member(o, "dependencies"), &d->ids) ||
         !json_flag(o, "all", TRUE, &d->all) || !json_flag(o, "success", TRUE, &d->success) ||
         !json_flag(o, "failure", FALSE, &d->failure))
         return FALSE;
@@ -312,10 +323,10 @@ static gboolean parse_targets(JsonObject *md, GHashTable **out)
         return TRUE;
     if (!JSON_NODE_HOLDS_ARRAY(n))
         return FALSE;
-    g_autoptr(GPtrArray) uuids = g_ptr_array_new_with_free_func(g_free);
-    if (!parse_ids(n, uuids))
+    g_autoptr(GPtrArray) uuids = NULL;
+    if (!parse_ids(n, &uuids))
         return FALSE;
-    if (uuids->len == 0)
+    if (!uuids)
         return TRUE; /* empty = any engine */
     *out = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     for (guint i = 0; i < uuids->len; i++)
@@ -389,7 +400,7 @@ static gint queue_seq_cmp(gconstpointer a, gconstpointer b, gpointer unused)
 /* Index a waiting job under every id it waits for that has not finished yet. */
 static void graph_index(TaskSched *ts, TaskJob *tj, const Dep *d)
 {
-    for (guint i = 0; i < d->ids->len; i++) {
+    for (guint i = 0; i < dep_len(d); i++) {
         const char *id = d->ids->pdata[i];
         const Fact *f = fact_lookup(ts, id);
         if (!f || f->outcome != FACT_PENDING)
@@ -405,7 +416,7 @@ static void graph_index(TaskSched *ts, TaskJob *tj, const Dep *d)
 
 static void graph_unindex(TaskSched *ts, TaskJob *tj, const Dep *d)
 {
-    for (guint i = 0; i < d->ids->len; i++) {
+    for (guint i = 0; i < dep_len(d); i++) {
         const char *id = d->ids->pdata[i];
         GHashTable *waiters = g_hash_table_lookup(ts->graph, id);
         if (waiters && g_hash_table_remove(waiters, tj) && g_hash_table_size(waiters) == 0)
@@ -939,10 +950,10 @@ static void task_request(gpointer self, HerdJob *job)
          * dependency at all. */
         Dep *after = &tj->after;
         if (after->all)
-            for (guint i = after->ids->len; i-- > 0;)
+            for (guint i = dep_len(after); i-- > 0;)
                 if (fact_counts(after, fact_lookup(ts, after->ids->pdata[i])))
                     g_ptr_array_remove_index_fast(after->ids, i);
-        if (dep_met(ts, after, 0))
+        if (dep_met(ts, after, 0) && after->ids)
             g_ptr_array_set_size(after->ids, 0);
 
         const char *verdict = NULL;
