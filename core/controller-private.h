@@ -143,8 +143,7 @@ struct HerdController {
     gboolean engine_state_stale; /* membership changed since the file was written */
     GHashTable *sched_timers;    /* timer id -> SchedTimer (router.c) */
     GHashTable *unassigned;      /* task msg_id -> seq: received, not on an engine */
-    gpointer records;            /* task-record store (records.c) */
-    gpointer records_writer;     /* applies updates to it on its own thread (records-writer.c) */
+    gpointer records;            /* task-record store (records.c), NULL with db=none */
     int signal_fd;
     gboolean shutting_down;
     /* counters for logs */
@@ -155,7 +154,6 @@ struct HerdController {
 gboolean herd_router_bind_all(HerdController *ctl, GError **err);
 gboolean herd_router_load_schedulers(HerdController *ctl, GError **err);
 void herd_router_close(HerdController *ctl);
-void herd_router_flush(HerdController *ctl); /* end of a loop iteration: send the replies gathered */
 void herd_router_engine_up(HerdController *ctl, Engine *e);
 void herd_router_engine_down(HerdController *ctl, Engine *e);
 gboolean herd_router_is_pending(HerdController *ctl, const char *msg_id);

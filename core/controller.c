@@ -1,7 +1,6 @@
 /* herd — controller lifecycle: key, plugins, sockets, connection files, signals, shutdown. */
 #define G_LOG_DOMAIN "herd"
 #include "controller-private.h"
-#include "hub-queries.h"
 #include "herd-build-config.h"
 
 #include <glib/gstdio.h>
@@ -90,14 +89,6 @@ static gboolean write_files(HerdController *ctl, GError **err)
     return TRUE;
 }
 
-/* The end of every loop iteration: what the iteration gathered goes out together. */
-static void end_of_iteration(gpointer data)
-{
-    HerdController *ctl = data;
-    herd_router_flush(ctl);
-    herd_hub_records_flush(ctl);
-}
-
 HerdController *herd_controller_new(HerdConfig *cfg, GError **err)
 {
     HerdController *ctl = g_new0(HerdController, 1);
@@ -127,7 +118,6 @@ HerdController *herd_controller_new(HerdConfig *cfg, GError **err)
     herd_hub_init(ctl);
     if (!herd_router_bind_all(ctl, err) || !herd_router_load_schedulers(ctl, err) || !watch_signals(ctl, err))
         goto fail;
-    herd_loop_set_flush(ctl->loop, end_of_iteration, ctl);
     if (!ctl->files_reused && !write_files(ctl, err))
         goto fail;
     if (ctl->files_reused)

@@ -11,7 +11,6 @@ void herd_hub_reply_error(HerdController *ctl, const HerdFrames *req, const char
 
 void herd_hub_records_init(HerdController *ctl);
 void herd_hub_records_free(HerdController *ctl);
-void herd_hub_records_flush(HerdController *ctl); /* end of a loop iteration */
 void herd_hub_records_request(HerdController *ctl, Job *job);
 void herd_hub_records_engine(HerdController *ctl, Job *job, Engine *e);
 void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply,

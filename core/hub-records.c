@@ -1,45 +1,24 @@
 /* herd — the hub's task records: hooks from the relay and the record queries (spec §7, §8).
- * Storage and query evaluation live in records.c; updates reach it through the writer
- * thread of records-writer.c. This file connects them to the hub's bookkeeping (pending
- * jobs, registered engines) and to the registration socket. */
+ * Storage and query evaluation live in records.c; this file connects them to the hub's
+ * bookkeeping (pending jobs, registered engines) and to the registration socket. */
 #define G_LOG_DOMAIN "herd"
 #include "hub-queries.h"
-#include "records-writer.h"
 #include "records.h"
 
 #include <string.h>
 
-static HerdRecordsWriter *writer(HerdController *ctl)
+static HerdRecords *store(HerdController *ctl)
 {
-    return ctl->records_writer;
-}
-
-/* The store with every update so far applied; give it back with unlock_store(). */
-static HerdRecords *lock_store(HerdController *ctl)
-{
-    return herd_records_writer_lock(writer(ctl));
-}
-
-static void unlock_store(HerdController *ctl)
-{
-    herd_records_writer_unlock(writer(ctl));
+    return ctl->records;
 }
 
 void herd_hub_records_init(HerdController *ctl)
 {
     ctl->records = herd_records_new_from_config(ctl->cfg);
-    ctl->records_writer = herd_records_writer_new(ctl->records);
-}
-
-void herd_hub_records_flush(HerdController *ctl)
-{
-    herd_records_writer_flush(writer(ctl));
 }
 
 void herd_hub_records_free(HerdController *ctl)
 {
-    herd_records_writer_free(ctl->records_writer); /* applies what is left first */
-    ctl->records_writer = NULL;
     if (ctl->records)
         herd_records_free(ctl->records);
     ctl->records = NULL;
@@ -63,24 +42,24 @@ void herd_hub_records_request(HerdController *ctl, Job *job)
         .session = job->session,
         .date = job->date,
     };
-    herd_records_writer_add_request(writer(ctl), &job->req, queue, job->target_uuid, &fields);
+    herd_records_add_request(store(ctl), &job->req, queue, job->target_uuid, &fields);
 }
 
 void herd_hub_records_engine(HerdController *ctl, Job *job, Engine *e)
 {
-    herd_records_writer_set_engine(writer(ctl), job->msg_id, e->uuid);
+    herd_records_set_engine(store(ctl), job->msg_id, e->uuid);
 }
 
 void herd_hub_records_reply(HerdController *ctl, Job *job, const HerdFrames *reply, const HerdMsgFields *fields)
 {
     if (job->ch->kind == CH_BROADCAST)
         return;
-    herd_records_writer_add_reply(writer(ctl), reply, fields, g_get_real_time());
+    herd_records_add_reply(store(ctl), reply, fields, g_get_real_time());
 }
 
 void herd_hub_records_iopub(HerdController *ctl, const HerdFrames *msg)
 {
-    herd_records_writer_add_iopub(writer(ctl), msg);
+    herd_records_add_iopub(store(ctl), msg, NULL);
 }
 
 /* ---------------------------------------------------------------- the hub's view */
@@ -120,40 +99,34 @@ void herd_hub_on_result_request(HerdController *ctl, const HerdFrames *req, Json
     HerdRecordsHubView view = hub_view(ctl);
     HerdFrames bufs;
     herd_frames_init(&bufs);
-    JsonNode *reply = herd_records_result_reply(lock_store(ctl), content, &view, &bufs);
-    unlock_store(ctl);
+    JsonNode *reply = herd_records_result_reply(store(ctl), content, &view, &bufs);
     reply_and_free(ctl, req, "result_reply", reply, &bufs);
 }
 
 void herd_hub_on_history_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     (void)content;
-    JsonNode *reply = herd_records_history_reply(lock_store(ctl));
-    unlock_store(ctl);
-    reply_and_free(ctl, req, "history_reply", reply, NULL);
+    reply_and_free(ctl, req, "history_reply", herd_records_history_reply(store(ctl)), NULL);
 }
 
 void herd_hub_on_db_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     HerdFrames bufs;
     herd_frames_init(&bufs);
-    JsonNode *reply = herd_records_db_reply(lock_store(ctl), content, &bufs);
-    unlock_store(ctl);
+    JsonNode *reply = herd_records_db_reply(store(ctl), content, &bufs);
     reply_and_free(ctl, req, "db_reply", reply, &bufs);
 }
 
 void herd_hub_on_purge_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     HerdRecordsHubView view = hub_view(ctl);
-    JsonNode *reply = herd_records_purge(lock_store(ctl), content, &view);
-    unlock_store(ctl);
-    reply_and_free(ctl, req, "purge_reply", reply, NULL);
+    reply_and_free(ctl, req, "purge_reply", herd_records_purge(store(ctl), content, &view), NULL);
 }
 
 /* A new load-balanced request from a stored one (spec §7.6): the stored header with a fresh
  * msg_id and date, parent = that header, metadata {} (7.1 drops dependencies), the stored
  * content and buffers; signed by the hub. */
-static char *resubmit_one(HerdController *ctl, HerdRecords *db, HerdResubmitSource *src)
+static char *resubmit_one(HerdController *ctl, HerdResubmitSource *src)
 {
     JsonObject *ho = json_node_get_object(src->header);
     g_autofree char *new_id = herd_session_msg_id(ctl->session);
@@ -178,17 +151,15 @@ static char *resubmit_one(HerdController *ctl, HerdRecords *db, HerdResubmitSour
     herd_frames_find_delim(&msg);
     herd_session_resign(ctl->session, &msg);
     herd_router_submit_internal(ctl, &msg);
-    herd_records_set_resubmitted(db, src->msg_id, new_id);
+    herd_records_set_resubmitted(store(ctl), src->msg_id, new_id);
     return g_steal_pointer(&new_id);
 }
 
 void herd_hub_on_resubmit_request(HerdController *ctl, const HerdFrames *req, JsonObject *content)
 {
     GPtrArray *sources = NULL;
-    HerdRecords *db = lock_store(ctl); /* held until every source is resubmitted */
-    JsonNode *error = herd_records_resubmit_lookup(db, content, &sources);
+    JsonNode *error = herd_records_resubmit_lookup(store(ctl), content, &sources);
     if (error) {
-        unlock_store(ctl);
         reply_and_free(ctl, req, "resubmit_reply", error, NULL);
         return;
     }
@@ -197,13 +168,12 @@ void herd_hub_on_resubmit_request(HerdController *ctl, const HerdFrames *req, Js
     json_object_set_string_member(o, "status", "ok");
     for (guint i = 0; i < sources->len; i++) {
         HerdResubmitSource *src = sources->pdata[i];
-        g_autofree char *new_id = resubmit_one(ctl, db, src);
+        g_autofree char *new_id = resubmit_one(ctl, src);
         json_object_set_string_member(map, src->msg_id, new_id);
     }
     json_object_set_object_member(o, "resubmitted", map);
     json_node_take_object(n, o);
     g_ptr_array_unref(sources);
-    unlock_store(ctl);
     reply_and_free(ctl, req, "resubmit_reply", n, NULL);
 }
 

@@ -208,8 +208,9 @@ static void send_to_client(HerdController *ctl, void *sock, HerdFrames *f, const
     g_array_append_val(ctl->client_outbox, m);
 }
 
-void herd_router_flush(HerdController *ctl)
+static void flush_client_outbox(gpointer data)
 {
+    HerdController *ctl = data;
     GArray *box = ctl->client_outbox;
     for (guint i = 0; i < box->len; i++) {
         OutMsg *m = &g_array_index(box, OutMsg, i);
@@ -1244,6 +1245,7 @@ gboolean herd_router_bind_all(HerdController *ctl, GError **err)
     ep->broadcast = ep->broadcast_engine[0];
 
     ctl->client_outbox = g_array_new(FALSE, FALSE, sizeof(OutMsg));
+    herd_loop_set_flush(ctl->loop, flush_client_outbox, ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         herd_loop_add_socket(ctl->loop, ch->client_sock, on_client_sock, ch);
@@ -1311,7 +1313,7 @@ static void free_client_outbox(HerdController *ctl)
 void herd_router_close(HerdController *ctl)
 {
     if (ctl->client_outbox)
-        herd_router_flush(ctl);
+        flush_client_outbox(ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         if (ch->ops && ch->sched)

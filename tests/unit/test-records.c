@@ -2,7 +2,6 @@
  * IOPub paths, the result/history/db/purge/resubmit queries with their exact error texts,
  * culling by count and by size, and the --nodb backend. Messages are built by hand in the
  * wire layout the relays receive. */
-#include "records-writer.h"
 #include "records.h"
 
 #include <string.h>
@@ -1056,82 +1055,6 @@ static void test_many_cycles(void)
     herd_records_free(db);
 }
 
-/* ---- tests: the writer thread ---- */
-
-/* Requests, engines, replies and output go through the writer, the caller's frames freed at
- * once; every lock sees all of them applied in order (a reply applied before its request
- * would be refused: the record would have no completion date). */
-static void test_writer_applies_in_order(void)
-{
-    HerdRecords *db = herd_records_new(HERD_DB_DICT, &(HerdRecordLimits){ 0, 0, 0.1 });
-    HerdRecordsWriter *w = herd_records_writer_new(db);
-    char *date = iso(0);
-    const guint n = 1000;
-    for (guint i = 0; i < n; i++) {
-        char id[32];
-        g_snprintf(id, sizeof id, "w-%u", i);
-        HerdFrames f;
-        make_request(&f, id, "client-a", 0, i % 3, 40);
-        HerdMsgFields rf = { .msg_id = id, .session = "client-a", .date = date };
-        herd_records_writer_add_request(w, &f, "task", NULL, &rf);
-        herd_frames_clear(&f);
-        herd_records_writer_set_engine(w, id, "e1");
-        make_iopub(&f, id, "stream", "{\"name\": \"stdout\", \"text\": \"out\"}");
-        herd_records_writer_add_iopub(w, &f);
-        herd_frames_clear(&f);
-        make_reply(&f, id, "e1", 0, 1, 1, 40);
-        herd_records_writer_add_reply(w, &f, NULL, BASE_USEC);
-        herd_frames_clear(&f);
-        herd_records_writer_flush(w); /* hands over every 64 updates */
-        if (i % 97 == 0) {
-            HerdRecords *locked = herd_records_writer_lock(w);
-            g_assert_true(locked == db);
-            g_assert_cmpuint(herd_records_count(db), ==, i + 1);
-            g_assert_true(herd_records_contains(db, id));
-            herd_records_writer_unlock(w);
-        }
-    }
-    herd_records_writer_lock(w);
-    g_assert_cmpuint(herd_records_count(db), ==, n);
-    assert_ids(db_ids(db, "{\"completed\": null}"), "");
-    assert_ids(db_ids(db, "{\"engine_uuid\": {\"$ne\": \"e1\"}}"), "");
-    assert_ids(db_ids(db, "{\"stdout\": {\"$ne\": \"out\"}}"), "");
-    herd_records_writer_unlock(w);
-    herd_records_writer_free(w);
-    g_free(date);
-    herd_records_free(db);
-}
-
-/* Updates not handed over yet are applied when the writer stops. */
-static void test_writer_free_applies_the_rest(void)
-{
-    HerdRecords *db = new_store();
-    HerdRecordsWriter *w = herd_records_writer_new(db);
-    HerdFrames f;
-    make_request(&f, "last", "client-a", 5, 1, 10);
-    herd_records_writer_add_request(w, &f, "mux", "e0", NULL);
-    herd_frames_clear(&f);
-    herd_records_writer_free(w);
-    g_assert_true(herd_records_contains(db, "last"));
-    herd_records_free(db);
-}
-
-/* With --nodb there is nothing to write and no thread; queries still get the store. */
-static void test_writer_nodb(void)
-{
-    HerdRecords *db = herd_records_new(HERD_DB_NONE, NULL);
-    HerdRecordsWriter *w = herd_records_writer_new(db);
-    HerdFrames f;
-    make_request(&f, "x", "client-a", 5, 0, 0);
-    herd_records_writer_add_request(w, &f, "mux", "e0", NULL);
-    herd_frames_clear(&f);
-    g_assert_true(herd_records_writer_lock(w) == db);
-    g_assert_cmpuint(herd_records_count(db), ==, 0);
-    herd_records_writer_unlock(w);
-    herd_records_writer_free(w);
-    herd_records_free(db);
-}
-
 /* ---- tests: --nodb ---- */
 
 static void test_nodb(void)
@@ -1239,9 +1162,6 @@ int main(int argc, char **argv)
     g_test_add_func("/records/limits/size", test_cull_by_size);
     g_test_add_func("/records/limits/many-cycles", test_many_cycles);
     g_test_add_func("/records/nodb", test_nodb);
-    g_test_add_func("/records/writer/in-order", test_writer_applies_in_order);
-    g_test_add_func("/records/writer/free-applies-the-rest", test_writer_free_applies_the_rest);
-    g_test_add_func("/records/writer/nodb", test_writer_nodb);
     g_test_add_func("/records/config", test_from_config);
     return g_test_run();
 }
