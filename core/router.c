@@ -176,18 +176,30 @@ static void reply_free(Reply *r)
     g_free(r);
 }
 
-/* Send and log failures; returns FALSE when the peer is unreachable. */
-static gboolean send_frames(HerdController *ctl, void *sock, HerdFrames *f, const char *what)
+/* Send and log failures; returns FALSE when the peer is unreachable. If the first frame
+ * was refused (unknown peer), f is left as it was; otherwise it is left empty. */
+static gboolean try_send_frames(HerdController *ctl, void *sock, HerdFrames *f, const char *what)
 {
     herd_loop_touch(ctl->loop, sock); /* a send can hide the socket's next input edge */
-    if (herd_frames_send(sock, f) == 0)
+    if (herd_frames_try_send(sock, f) == 0)
         return TRUE;
     int e = errno;
-    herd_frames_clear(f);
     if (e != EHOSTUNREACH)
         g_warning("%s: send failed: %s", what, zmq_strerror(e));
     errno = e;
     return FALSE;
+}
+
+/* The same, and f is left empty whatever happened. */
+static gboolean send_frames(HerdController *ctl, void *sock, HerdFrames *f, const char *what)
+{
+    gboolean sent = try_send_frames(ctl, sock, f, what);
+    if (!sent) {
+        int e = errno;
+        herd_frames_clear(f);
+        errno = e;
+    }
+    return sent;
 }
 
 /* Messages for clients wait until the end of the loop iteration and then go out
@@ -543,14 +555,44 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
 }
 
 /* Send a plain job's request to engine e: [E, C, M]. */
+/* A MUX request goes to its one engine once, so its own frames are sent rather than
+ * copies: a copy shares a frame's data under an atomic reference count, which the loop
+ * thread and libzmq's I/O thread would then both write. The job keeps what a reply of its
+ * own needs (the client's routing frame and the header, for an EngineError); the other
+ * frames of req are left empty. If the engine refuses (not connected yet), the frames go
+ * back into req for the next attempt. */
+static gboolean send_mux_request(Channel *ch, Job *job)
+{
+    HerdFrames *req = &job->req;
+    guint header = herd_wire(req, HERD_WIRE_HEADER);
+    HerdFrames out;
+    herd_frames_init(&out);
+    for (guint i = 0; i < req->n; i++) {
+        if (i == 0 || i == header)
+            herd_frames_push_frame_copy(&out, req, i);
+        else
+            herd_frames_push_msg(&out, &req->frames[i]);
+    }
+    herd_frames_swap(&out, 0, 1); /* [C, E, M] -> [E, C, M] */
+    if (try_send_frames(ch->ctl, ch->engine_sock, &out, ch->name))
+        return TRUE;
+    if (out.n == req->n) { /* refused before anything was sent: give the frames back */
+        herd_frames_swap(&out, 0, 1);
+        for (guint i = 0; i < req->n; i++)
+            if (i != 0 && i != header)
+                zmq_msg_move(&req->frames[i], &out.frames[i]);
+    }
+    herd_frames_clear(&out);
+    return FALSE;
+}
+
 static gboolean send_to_engine(Channel *ch, Job *job, Engine *e)
 {
+    if (ch->kind == CH_MUX)
+        return send_mux_request(ch, job);
     HerdFrames out;
     herd_frames_copy(&out, &job->req);
-    if (ch->kind == CH_MUX)
-        herd_frames_swap(&out, 0, 1); /* [C, E, M] -> [E, C, M] */
-    else
-        herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
+    herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
     return send_frames(ch->ctl, ch->engine_sock, &out, ch->name);
 }
 

@@ -125,19 +125,31 @@ gboolean herd_frames_recv_batch(void *sock, guint max, HerdFramesFn fn, gpointer
     return TRUE;
 }
 
-int herd_frames_send(void *sock, HerdFrames *f)
+int herd_frames_try_send(void *sock, HerdFrames *f)
 {
     for (guint i = 0; i < f->n; i++) {
         int more = i + 1 < f->n ? ZMQ_SNDMORE : 0;
         if (zmq_msg_send(&f->frames[i], sock, more) < 0) {
             int saved = errno;
-            herd_frames_clear(f); /* frames already sent are empty; closing them is harmless */
+            if (i > 0)
+                herd_frames_clear(f); /* frames already sent are empty; closing them is harmless */
             errno = saved;
             return -1;
         }
     }
     herd_frames_clear(f);
     return 0;
+}
+
+int herd_frames_send(void *sock, HerdFrames *f)
+{
+    int rc = herd_frames_try_send(sock, f);
+    if (rc < 0) {
+        int saved = errno;
+        herd_frames_clear(f);
+        errno = saved;
+    }
+    return rc;
 }
 
 /* Reserve one slot at the end and return it, uninitialised. */

@@ -70,8 +70,11 @@ typedef void (*HerdFramesFn)(HerdFrames *f, gpointer data);
  * handing each to fn. Returns TRUE if it stopped at max (more may wait), FALSE once a
  * receive failed (EAGAIN: nothing left). */
 gboolean herd_frames_recv_batch(void *sock, guint max, HerdFramesFn fn, gpointer data);
-/* Send every frame; on success f is left empty. Returns 0 or -1 with errno. */
+/* Send every frame; f is left empty. Returns 0 or -1 with errno. */
 int herd_frames_send(void *sock, HerdFrames *f);
+/* The same, except that when the first frame is refused (nothing was sent: e.g. a ROUTER
+ * with ZMQ_ROUTER_MANDATORY and an unknown peer) f is left as it was, to send again. */
+int herd_frames_try_send(void *sock, HerdFrames *f);
 void herd_frames_push(HerdFrames *f, const void *data, gsize len);         /* copy */
 void herd_frames_push_take(HerdFrames *f, char *data, gsize len);          /* takes g_malloc'd data */
 void herd_frames_push_msg(HerdFrames *f, zmq_msg_t *m);                    /* moves m */
