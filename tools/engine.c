@@ -8,6 +8,10 @@
  * heartbeat-ping SUB are shared by all of them (the controller does not care which socket
  * an IOPub message or a ping came through).
  *
+ * An engine heartbeats (which makes the controller announce it and send it work) only once
+ * the controller has completed the ZeroMQ handshake on each of its shell and control
+ * connections, as libzmq's socket monitor reports; see "Joining" in docs/engine.md.
+ *
  * Executors: "echo" answers at once with the request's buffers (for benchmarks);
  * "shell" runs an execute_request's code with /bin/sh -c, streams its stdout/stderr on
  * IOPub and sets the reply status from the exit code. See docs/engine.md.
@@ -30,11 +34,21 @@
 
 typedef enum { EXECUTOR_ECHO, EXECUTOR_SHELL } ExecutorKind;
 
-typedef enum { ENGINE_NEW, ENGINE_REGISTERING, ENGINE_RUNNING, ENGINE_STOPPED } EngineState;
+/* NEW -> REGISTERING (request sent) -> CONNECTING (reply received; shell and control
+ * connecting, no heartbeat yet) -> RUNNING (heartbeating) -> STOPPED. */
+typedef enum { ENGINE_NEW, ENGINE_REGISTERING, ENGINE_CONNECTING, ENGINE_RUNNING, ENGINE_STOPPED } EngineState;
 
-/* Registrations in flight at once: thousands of engines asking in the same millisecond
- * would make the last ones wait past their registration timeout. */
-#define REGISTRATION_WINDOW 32
+/* Engines joining at once (registering or connecting): thousands of engines asking in the
+ * same millisecond would make the last ones wait past their timeout. It also bounds the
+ * socket monitors alive at once. */
+#define JOIN_WINDOW 32
+
+/* The sockets monitored while an engine connects (shell, control), and the libzmq sockets
+ * each monitor costs (libzmq's PAIR that sends the events, ours that receives them). */
+#define MONITORS_PER_ENGINE 2
+#define SOCKETS_PER_MONITOR 2
+/* Connections the monitors watch: mux, task and broadcast on shell; control. */
+#define MAX_LINKS 4
 
 typedef struct EngineHost EngineHost;
 
@@ -72,6 +86,37 @@ typedef struct PipeSource {
     int stream; /* 0 stdout, 1 stderr */
 } PipeSource;
 
+/* How far one connection towards the controller got, as its socket monitor reported it;
+ * only READY counts, the others explain a timeout. */
+typedef enum {
+    LINK_WAITING,          /* no event yet */
+    LINK_RETRYING,         /* the TCP (or ipc) connection failed; libzmq retries */
+    LINK_CONNECTED,        /* connected, ZeroMQ handshake not completed */
+    LINK_HANDSHAKE_FAILED, /* the peer does not speak ZMTP as expected */
+    LINK_AUTH_FAILED,      /* the peer refused our CURVE credentials */
+    LINK_DISCONNECTED,     /* was ready, then dropped */
+    LINK_READY,            /* handshake succeeded */
+} LinkState;
+
+/* One connection an engine must have before it heartbeats. */
+typedef struct Link {
+    const char *channel; /* "mux", "task", "broadcast", "control" */
+    int port;            /* monitor events name the endpoint, which ends with ":<port>" */
+    guint monitor;       /* index into Engine.monitors of the socket that connects it */
+    LinkState state;
+} Link;
+
+/* A libzmq monitor on one of an engine's sockets, alive while the engine connects. */
+typedef struct SocketMonitor {
+    Engine *engine;
+    void *monitored;
+    void *events; /* our PAIR, connected to the monitor's inproc endpoint */
+    HerdWatch *watch;
+} SocketMonitor;
+
+/* Messages a socket callback reads at most: one busy engine cannot starve the others. */
+#define BATCH 64
+
 /* Watched sockets an engine sent on since the loop last looked at them (see
  * engine_recheck). */
 enum { SENT_REGISTRATION = 1, SENT_SHELL = 2, SENT_CONTROL = 4 };
@@ -86,7 +131,10 @@ struct Engine {
     int id;           /* assigned at registration, -1 before */
     int requested_id; /* -1 = let the controller choose */
     EngineState state;
-    gint64 registration_deadline_us;
+    gint64 deadline_us; /* for the registration reply, then for the connections */
+    Link links[MAX_LINKS];
+    guint n_links, n_ready;
+    SocketMonitor monitors[MONITORS_PER_ENGINE];
     void *registration, *shell, *control, *heart;
     HerdWatch *w_registration, *w_shell, *w_control;
     PipeSource pipes[2];
@@ -105,10 +153,11 @@ struct EngineHost {
     GPtrArray *engines;
     HerdLoop *loop;
     GQueue unregistered;   /* Engine*: not asked to register yet */
-    GPtrArray *registering; /* Engine*: registration request sent, no reply yet */
+    GPtrArray *joining;     /* Engine*: registering or connecting (at most JOIN_WINDOW) */
     GPtrArray *reaping;     /* Engine*: command closed its pipes, waiting for its exit */
     guint n_stopped;
-    int registration_timeout_ms;
+    int registration_timeout_ms; /* --timeout: for the reply, and again for the connections */
+    guint next_monitor;          /* names the monitors' inproc endpoints */
     int hb_max_misses;
     int hb_period_ms;      /* from the registration reply */
     gint64 last_ping_us;   /* controller liveness */
@@ -123,6 +172,19 @@ static void on_stop_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
+}
+
+/* Registering or connecting: in the join window, under a deadline. */
+static gboolean engine_joining(const Engine *e)
+{
+    return e->state == ENGINE_REGISTERING || e->state == ENGINE_CONNECTING;
+}
+
+/* Requests are served from the registration reply on: a controller should not send any
+ * before the first heartbeat, but one that does is answered. */
+static gboolean engine_serving(const Engine *e)
+{
+    return e->state == ENGINE_CONNECTING || e->state == ENGINE_RUNNING;
 }
 
 /* ---- requests ---- */
@@ -702,7 +764,7 @@ static void dispatch_shell(Engine *e, Request *r)
 /* Requests run one at a time per engine, in arrival order, like a kernel. */
 static void engine_run_next(Engine *e)
 {
-    while (!e->job && !g_queue_is_empty(&e->waiting) && e->state == ENGINE_RUNNING)
+    while (!e->job && !g_queue_is_empty(&e->waiting) && engine_serving(e))
         dispatch_shell(e, g_queue_pop_head(&e->waiting));
 }
 
@@ -863,13 +925,13 @@ static void engine_send_registration(Engine *e)
     connect_port(h, e->registration, h->ci.ports.registration);
     e->w_registration = herd_loop_add_socket(h->loop, e->registration, on_registration_ready, e);
     e->state = ENGINE_REGISTERING;
-    g_ptr_array_add(h->registering, e);
+    g_ptr_array_add(h->joining, e);
     JsonObject *c = json_object_new();
     json_object_set_string_member(c, "uuid", e->uuid);
     if (e->requested_id >= 0)
         json_object_set_int_member(c, "id", e->requested_id);
     send_simple(e, e->registration, "registration_request", object_node(c));
-    e->registration_deadline_us = g_get_monotonic_time() + (gint64)h->registration_timeout_ms * 1000;
+    e->deadline_us = g_get_monotonic_time() + (gint64)h->registration_timeout_ms * 1000;
 }
 
 static void engine_send_unregistration(Engine *e)
@@ -917,33 +979,252 @@ static Engine *engine_new(EngineHost *h, int requested_id, GError **err)
 }
 
 /* Leaving the registering state: no more replies are expected on that socket. */
-static void engine_registration_done(Engine *e)
+static void engine_registration_answered(Engine *e)
 {
-    g_ptr_array_remove(e->host->registering, e);
     herd_loop_remove_watch(e->host->loop, e->w_registration);
     e->w_registration = NULL;
+}
+
+/* ---- connecting: socket monitors ----
+ * herdd (like ipcontroller) announces an engine and may send it work at its first
+ * heartbeat echo; a shell connection whose handshake has not completed by then makes
+ * the controller's ROUTER refuse that send. So the engine echoes pings only once libzmq
+ * reports ZMQ_EVENT_HANDSHAKE_SUCCEEDED for each of its shell connections (mux, task,
+ * broadcast) and its control connection. The handshake, not ZMQ_EVENT_CONNECTED: a
+ * ROUTER learns the peer's routing id only in it, and a port that accepts TCP but never
+ * speaks ZeroMQ gets no further than CONNECTED. The registration DEALER needs no monitor
+ * (its reply came through it), nor does the heart: nothing is sent to it, and its echoes
+ * wait in its queue until it is connected. */
+
+/* Only HANDSHAKE_SUCCEEDED counts; the others explain a timeout (a connected engine sees
+ * one CONNECTED and one HANDSHAKE_SUCCEEDED per connection, and nothing else). */
+#define MONITORED_EVENTS                                                                       \
+    (ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECTED |            \
+     ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |                         \
+     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+
+enum { MONITOR_SHELL, MONITOR_CONTROL };
+
+static const char *link_state_text(LinkState state)
+{
+    switch (state) {
+    case LINK_WAITING:
+        return "no connection yet";
+    case LINK_RETRYING:
+        return "connection failed, retrying";
+    case LINK_CONNECTED:
+        return "connected, but no ZeroMQ handshake";
+    case LINK_HANDSHAKE_FAILED:
+        return "ZeroMQ handshake failed";
+    case LINK_AUTH_FAILED:
+        return "CURVE authentication refused";
+    case LINK_DISCONNECTED:
+        return "disconnected";
+    case LINK_READY:
+        break;
+    }
+    return "ready";
+}
+
+static gboolean on_monitor_ready(void *sock, gpointer data);
+
+/* Monitor sock from now on (before it connects: events are not replayed). FALSE when
+ * libzmq refuses (out of sockets or descriptors). */
+static gboolean monitor_start(Engine *e, guint index, void *sock)
+{
+    EngineHost *h = e->host;
+    SocketMonitor *m = &e->monitors[index];
+    char endpoint[48];
+    g_snprintf(endpoint, sizeof endpoint, "inproc://herd-engine-monitor-%u", h->next_monitor++);
+    if (zmq_socket_monitor(sock, endpoint, MONITORED_EVENTS) != 0)
+        return FALSE;
+    m->engine = e;
+    m->monitored = sock;
+    m->events = zmq_socket(h->zctx, ZMQ_PAIR);
+    if (!m->events || zmq_connect(m->events, endpoint) != 0)
+        return FALSE;
+    m->watch = herd_loop_add_socket(h->loop, m->events, on_monitor_ready, m);
+    return TRUE;
+}
+
+static void monitors_stop(Engine *e)
+{
+    for (guint i = 0; i < MONITORS_PER_ENGINE; i++) {
+        SocketMonitor *m = &e->monitors[i];
+        if (m->monitored)
+            zmq_socket_monitor(m->monitored, NULL, 0);
+        herd_loop_remove_watch(e->host->loop, m->watch);
+        if (m->events)
+            zmq_close(m->events);
+        *m = (SocketMonitor){ 0 };
+    }
+}
+
+/* Connect monitor `index`'s socket to port and expect its handshake. */
+static void connect_link(Engine *e, guint index, const char *channel, int port)
+{
+    connect_port(e->host, e->monitors[index].monitored, port);
+    e->links[e->n_links++] = (Link){ .channel = channel, .port = port, .monitor = index, .state = LINK_WAITING };
+}
+
+/* The link of monitor `index` that an event's endpoint ("tcp://host:port",
+ * "ipc://path:port") names, preferring one in state `prefer` (two channels on one port
+ * are two connections); NULL when none does. */
+static Link *link_for_endpoint(Engine *e, guint index, const char *endpoint, gsize len, LinkState prefer)
+{
+    const char *colon = g_strrstr_len(endpoint, (gssize)len, ":");
+    if (!colon)
+        return NULL;
+    char digits[8];
+    gsize n = len - (gsize)(colon + 1 - endpoint);
+    if (n == 0 || n >= sizeof digits)
+        return NULL;
+    memcpy(digits, colon + 1, n);
+    digits[n] = '\0';
+    guint64 port;
+    if (!g_ascii_string_to_unsigned(digits, 10, 1, 65535, &port, NULL))
+        return NULL;
+    Link *found = NULL;
+    for (guint i = 0; i < e->n_links; i++) {
+        Link *l = &e->links[i];
+        if (l->monitor != index || l->port != (int)port)
+            continue;
+        if (l->state == prefer)
+            return l;
+        if (!found)
+            found = l;
+    }
+    return found;
+}
+
+static void link_set(Engine *e, Link *l, LinkState state)
+{
+    if (l->state == LINK_READY)
+        e->n_ready--;
+    if (state == LINK_READY)
+        e->n_ready++;
+    l->state = state;
+}
+
+/* What one event says about its link. */
+static void link_event(Engine *e, guint index, guint16 event, const char *endpoint, gsize len)
+{
+    gboolean ready = event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+    Link *l = link_for_endpoint(e, index, endpoint, len, ready ? LINK_CONNECTED : LINK_READY);
+    if (!l) {
+        g_debug("engine %d: monitor event %#x for unknown endpoint %.*s", e->id, event, (int)len, endpoint);
+        return;
+    }
+    switch (event) {
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        link_set(e, l, LINK_READY);
+        break;
+    case ZMQ_EVENT_CONNECTED:
+        if (l->state != LINK_READY)
+            link_set(e, l, LINK_CONNECTED);
+        break;
+    case ZMQ_EVENT_CONNECT_RETRIED:
+        if (l->state != LINK_READY && l->state != LINK_HANDSHAKE_FAILED && l->state != LINK_AUTH_FAILED)
+            link_set(e, l, LINK_RETRYING);
+        break;
+    case ZMQ_EVENT_DISCONNECTED:
+        if (l->state == LINK_READY) /* a failed handshake keeps its more telling state */
+            link_set(e, l, LINK_DISCONNECTED);
+        break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        link_set(e, l, LINK_AUTH_FAILED);
+        break;
+    default: /* the other handshake failures */
+        link_set(e, l, LINK_HANDSHAKE_FAILED);
+        break;
+    }
+    g_debug("engine %d: %s connection (port %d): %s", e->id, l->channel, l->port, link_state_text(l->state));
+}
+
+/* The links not ready yet, for the timeout message: "task (port 5): connection failed,
+ * retrying; ...". */
+static char *links_pending_text(const Engine *e)
+{
+    GString *text = g_string_new(NULL);
+    for (guint i = 0; i < e->n_links; i++) {
+        const Link *l = &e->links[i];
+        if (l->state == LINK_READY)
+            continue;
+        g_string_append_printf(text, "%s%s (port %d): %s", text->len ? "; " : "", l->channel, l->port,
+                               link_state_text(l->state));
+    }
+    return g_string_free(text, FALSE);
+}
+
+/* Every connection has completed its handshake: the engine may heartbeat. */
+static void engine_connected(Engine *e)
+{
+    monitors_stop(e);
+    g_ptr_array_remove(e->host->joining, e);
+    e->state = ENGINE_RUNNING;
+    g_message("engine %d registered (uuid %s)", e->id, e->uuid);
+}
+
+/* Each event is two frames: 16-bit event and 32-bit value, then the endpoint. */
+static gboolean on_monitor_ready(void *sock, gpointer data)
+{
+    SocketMonitor *m = data;
+    Engine *e = m->engine;
+    guint index = (guint)(m - e->monitors);
+    for (guint n = 0; n < BATCH; n++) {
+        zmq_msg_t head, endpoint;
+        zmq_msg_init(&head);
+        if (zmq_msg_recv(&head, sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&head);
+            return FALSE; /* EAGAIN */
+        }
+        zmq_msg_init(&endpoint);
+        gboolean complete = zmq_msg_more(&head) && zmq_msg_recv(&endpoint, sock, ZMQ_DONTWAIT) >= 0;
+        guint16 event = 0;
+        if (complete && zmq_msg_size(&head) >= sizeof event) {
+            memcpy(&event, zmq_msg_data(&head), sizeof event);
+            link_event(e, index, event, zmq_msg_data(&endpoint), zmq_msg_size(&endpoint));
+        }
+        zmq_msg_close(&head);
+        zmq_msg_close(&endpoint);
+        if (e->state == ENGINE_CONNECTING && e->n_ready == e->n_links) {
+            engine_connected(e); /* closes sock: do not touch it again */
+            return FALSE;
+        }
+    }
+    return TRUE;
 }
 
 static gboolean on_shell_ready(void *sock, gpointer data);
 static gboolean on_control_ready(void *sock, gpointer data);
 static gboolean on_ping_ready(void *sock, gpointer data);
 
-/* Registration accepted: connect the work channels, then the heart (the controller
- * announces the engine at its first heartbeat echo, so everything else must already be
- * connected by then — spec 5.2). */
+/* Registration accepted: connect the work channels under their monitors, and the heart.
+ * The engine echoes pings once the monitors report every handshake (engine_connected),
+ * so the controller announces it only when everything is connected (spec 5.2). */
 static void engine_start(Engine *e, int id)
 {
     EngineHost *h = e->host;
     e->id = id;
-    engine_registration_done(e);
+    engine_registration_answered(e);
+    e->state = ENGINE_CONNECTING;
+    e->deadline_us = g_get_monotonic_time() + (gint64)h->registration_timeout_ms * 1000;
     e->shell = engine_socket(e, ZMQ_ROUTER, e->uuid);
-    connect_port(h, e->shell, h->ci.ports.mux);
-    connect_port(h, e->shell, h->ci.ports.task);
-    if (h->ci.ports.n_broadcast_engine > 0)
-        connect_port(h, e->shell, h->ci.ports.broadcast_engine[id % h->ci.ports.n_broadcast_engine]);
-    e->w_shell = herd_loop_add_socket(h->loop, e->shell, on_shell_ready, e);
     e->control = engine_socket(e, ZMQ_ROUTER, e->uuid);
-    connect_port(h, e->control, h->ci.ports.control);
+    if (!monitor_start(e, MONITOR_SHELL, e->shell) || !monitor_start(e, MONITOR_CONTROL, e->control)) {
+        g_critical("engine %d: cannot monitor its sockets: %s", id, zmq_strerror(errno));
+        engine_send_unregistration(e);
+        h->exit_status = 255;
+        engine_stop(e);
+        return;
+    }
+    connect_link(e, MONITOR_SHELL, "mux", h->ci.ports.mux);
+    connect_link(e, MONITOR_SHELL, "task", h->ci.ports.task);
+    if (h->ci.ports.n_broadcast_engine > 0)
+        connect_link(e, MONITOR_SHELL, "broadcast",
+                     h->ci.ports.broadcast_engine[id % h->ci.ports.n_broadcast_engine]);
+    connect_link(e, MONITOR_CONTROL, "control", h->ci.ports.control);
+    e->w_shell = herd_loop_add_socket(h->loop, e->shell, on_shell_ready, e);
     e->w_control = herd_loop_add_socket(h->loop, e->control, on_control_ready, e);
     if (!h->iopub) {
         h->iopub = engine_socket(e, ZMQ_PUB, NULL);
@@ -956,8 +1237,7 @@ static void engine_start(Engine *e, int id)
     }
     e->heart = engine_socket(e, ZMQ_DEALER, e->uuid);
     connect_port(h, e->heart, h->ci.ports.hb_pong);
-    e->state = ENGINE_RUNNING;
-    g_message("engine %d registered (uuid %s)", id, e->uuid);
+    g_debug("engine %d: registration accepted, connecting", id);
 }
 
 static void engine_stop(Engine *e)
@@ -968,7 +1248,10 @@ static void engine_stop(Engine *e)
     if (e->state == ENGINE_NEW)
         g_queue_remove(&h->unregistered, e);
     if (e->state == ENGINE_REGISTERING)
-        engine_registration_done(e);
+        engine_registration_answered(e);
+    if (engine_joining(e))
+        g_ptr_array_remove(h->joining, e);
+    monitors_stop(e);
     herd_loop_remove_watch(h->loop, e->w_shell);
     herd_loop_remove_watch(h->loop, e->w_control);
     e->w_shell = e->w_control = NULL;
@@ -1023,9 +1306,6 @@ static void on_registration_reply(HerdFrames *f, gpointer data)
  * Each ends with engine_recheck(): whatever an engine received, it may have sent on any of
  * its sockets meanwhile. */
 
-/* A bounded batch per callback, so one busy engine cannot starve the others. */
-#define BATCH 64
-
 /* Receive up to BATCH messages from sock (whose SENT_* bit is `self`), handing each to
  * on_message. */
 static gboolean serve_socket(Engine *e, void *sock, guint self, HerdFramesFn on_message)
@@ -1045,7 +1325,7 @@ static gboolean on_registration_ready(void *sock, gpointer data)
 static void on_shell_message(HerdFrames *f, gpointer data)
 {
     Engine *e = data;
-    Request *r = e->state == ENGINE_RUNNING ? request_take(e, f) : NULL;
+    Request *r = engine_serving(e) ? request_take(e, f) : NULL;
     if (r)
         on_shell_request(e, r);
 }
@@ -1053,7 +1333,7 @@ static void on_shell_message(HerdFrames *f, gpointer data)
 static void on_control_message(HerdFrames *f, gpointer data)
 {
     Engine *e = data;
-    Request *r = e->state == ENGINE_RUNNING ? request_take(e, f) : NULL;
+    Request *r = engine_serving(e) ? request_take(e, f) : NULL;
     if (r)
         on_control_request(e, r);
 }
@@ -1098,27 +1378,45 @@ static gboolean on_ping_ready(void *sock, gpointer data)
 
 /* ---- the loop ---- */
 
-/* Timers: registrations to start, registration deadlines, commands to reap, the
+/* Leaving (on a signal, or the controller's heartbeat went silent): tell the controller
+ * about every engine it gave an id, like ipengine's nanny does when the engine goes away. */
+static void host_unregister_all(EngineHost *h)
+{
+    for (guint i = 0; i < h->engines->len; i++) {
+        Engine *e = h->engines->pdata[i];
+        if (engine_serving(e))
+            engine_send_unregistration(e);
+        engine_stop(e);
+    }
+}
+
+/* Timers: registrations to start, join deadlines, commands to reap, the
  * controller's heartbeat. Returns the time in ms until the next check is due. */
 static long check_timers(EngineHost *h)
 {
     gint64 now = g_get_monotonic_time();
     long timeout = 1000;
-    while (!g_queue_is_empty(&h->unregistered) && h->registering->len < REGISTRATION_WINDOW) {
+    while (!g_queue_is_empty(&h->unregistered) && h->joining->len < JOIN_WINDOW) {
         Engine *e = g_queue_pop_head(&h->unregistered);
         engine_send_registration(e);
         engine_recheck(e);
     }
-    for (guint i = h->registering->len; i-- > 0;) {
-        Engine *e = h->registering->pdata[i];
-        if (now >= e->registration_deadline_us) {
-            g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
-            engine_send_unregistration(e);
-            h->exit_status = 255;
-            engine_stop(e);
-        } else {
-            timeout = MIN(timeout, (long)((e->registration_deadline_us - now) / 1000) + 1);
+    for (guint i = h->joining->len; i-- > 0;) {
+        Engine *e = h->joining->pdata[i];
+        if (now < e->deadline_us) {
+            timeout = MIN(timeout, (long)((e->deadline_us - now) / 1000) + 1);
+            continue;
         }
+        if (e->state == ENGINE_REGISTERING) {
+            g_critical("registration timed out after %.1f seconds", h->registration_timeout_ms / 1000.0);
+        } else {
+            g_autofree char *pending = links_pending_text(e);
+            g_critical("engine %d: the controller did not accept its connections within %.1f seconds: %s", e->id,
+                       h->registration_timeout_ms / 1000.0, pending);
+        }
+        engine_send_unregistration(e);
+        h->exit_status = 255;
+        engine_stop(e);
     }
     for (guint i = h->reaping->len; i-- > 0;) {
         if (i >= h->reaping->len)
@@ -1133,12 +1431,7 @@ static long check_timers(EngineHost *h)
         gint64 limit = (gint64)h->hb_max_misses * (h->hb_period_ms + 500) * 1000;
         if (now - h->last_ping_us > limit) {
             g_critical("no heartbeat from the controller for %d periods, shutting down", h->hb_max_misses);
-            for (guint i = 0; i < h->engines->len; i++) {
-                Engine *e = h->engines->pdata[i];
-                if (e->state == ENGINE_RUNNING)
-                    engine_send_unregistration(e);
-                engine_stop(e);
-            }
+            host_unregister_all(h);
         }
     }
     return timeout;
@@ -1153,18 +1446,6 @@ static void host_run(EngineHost *h)
             h->exit_status = 1;
             break;
         }
-    }
-}
-
-/* Leaving on a signal: tell the controller, like ipengine's nanny does when the engine
- * goes away. */
-static void host_unregister_all(EngineHost *h)
-{
-    for (guint i = 0; i < h->engines->len; i++) {
-        Engine *e = h->engines->pdata[i];
-        if (e->state == ENGINE_RUNNING)
-            engine_send_unregistration(e);
-        engine_stop(e);
     }
 }
 
@@ -1262,11 +1543,12 @@ int herd_cmd_engine(int argc, char **argv)
     }
     raise_fd_limit();
     h.zctx = zmq_ctx_new();
-    zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS, count * 5 + 16);
+    zmq_ctx_set(h.zctx, ZMQ_MAX_SOCKETS,
+                count * 5 + 16 + JOIN_WINDOW * MONITORS_PER_ENGINE * SOCKETS_PER_MONITOR);
     h.engines = g_ptr_array_new();
     h.loop = herd_loop_new();
     g_queue_init(&h.unregistered);
-    h.registering = g_ptr_array_new();
+    h.joining = g_ptr_array_new();
     h.reaping = g_ptr_array_new();
     GString **texts[] = { &h.header_text, &h.metadata_text, &h.content_text, &h.topic_text };
     for (guint i = 0; i < G_N_ELEMENTS(texts); i++)
@@ -1293,7 +1575,7 @@ int herd_cmd_engine(int argc, char **argv)
     g_ptr_array_free(h.engines, TRUE);
     herd_loop_free(h.loop);
     g_queue_clear(&h.unregistered);
-    g_ptr_array_free(h.registering, TRUE);
+    g_ptr_array_free(h.joining, TRUE);
     g_ptr_array_free(h.reaping, TRUE);
     for (guint i = 0; i < G_N_ELEMENTS(texts); i++)
         g_string_free(*texts[i], TRUE);

@@ -3,6 +3,7 @@ register, run shell commands with their output on IOPub, answer control requests
 and unregister when they stop."""
 
 import json
+import re
 import socket
 import time
 from datetime import datetime
@@ -32,8 +33,9 @@ def native_cluster(cluster_factory):
     with the client connected and every engine registered."""
     started = []
 
-    def make(count, executor="shell", python_controller=False, extra_args=(), env=None):
-        cluster = cluster_factory(start=False)
+    def make(count, executor="shell", python_controller=False, extra_args=(), env=None,
+             transport="tcp"):
+        cluster = cluster_factory(start=False, transport=transport)
         if python_controller:
             cluster.controller.kind = "python"
         cluster.start(engines=0, client=True)
@@ -121,6 +123,16 @@ def test_broadcast_view_runs_on_every_engine(native_cluster):
     ar = bview.execute("echo hi", block=False)
     finished(ar)
     assert ar.stdout == ["hi\n"] * 3
+
+
+@pytest.mark.herd_only("the Python controller has no ipc transport")
+def test_shell_engines_over_ipc(native_cluster):
+    """Over ipc too, an engine's connections are recognised as ready by their endpoints
+    (ipc://<dir>/<stem>:<port>), so the engines heartbeat and register."""
+    cluster, _ = native_cluster(2, transport="ipc")
+    ar = cluster.client[:].execute("echo over ipc", block=False)
+    finished(ar)
+    assert ar.stdout == ["over ipc\n"] * 2
 
 
 def test_many_engines_share_one_process(native_cluster):
@@ -266,3 +278,47 @@ def test_registration_timeout_exits_255(tmp_path):
     finally:
         engines.stop()
         silent.close()
+
+
+# What the engine reports for a connection that never completed its handshake.
+UNACCEPTED_TASK_PORTS = {
+    "refused": "connection failed, retrying",          # bound, not listening: TCP is refused
+    "silent": "connected, but no ZeroMQ handshake",    # listening, never answers: TCP only
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNACCEPTED_TASK_PORTS))
+def test_engine_without_its_task_connection_never_heartbeats_and_gives_up(cluster_factory, tmp_path,
+                                                                           kind):
+    """The controller is real, but the file's task port does not accept the engine's
+    connection: the engine registers, never heartbeats (so the controller never announces
+    it), and after --timeout exits 255 naming the connection and what became of it."""
+    cluster = cluster_factory(client=False)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    if kind == "silent":
+        blocker.listen()
+    port = blocker.getsockname()[1]
+    info = cluster.controller.connection_info("engine")
+    info["task"] = port
+    engine_file = tmp_path / "engine-bad-task.json"
+    engine_file.write_text(json.dumps(info))
+    timeout = 1.5
+    engines = NativeEngines(cluster.workdir, cluster.profile_dir, executor="echo",
+                            extra_args=["--file", str(engine_file), "--timeout", str(timeout)]).start()
+    try:
+        started = time.monotonic()
+        status = engines.wait_exit(2 * timeout + 10 * time_scale())
+        elapsed = time.monotonic() - started
+        assert status == 255, engines.log()
+        assert timeout <= elapsed < 2 * timeout + 10 * time_scale()
+        assert (f"engine 0: the controller did not accept its connections within {timeout:.1f} "
+                f"seconds: task (port {port}): {UNACCEPTED_TASK_PORTS[kind]}") in engines.log()
+        controller_log = cluster.controller.log_since(0)
+        # herdd's and ipcontroller's log lines for a registration request and for an
+        # engine announced at its first heartbeat.
+        assert re.search(r"asked to register|accepting registration", controller_log)
+        assert not re.search(r"engine \d+ registered|Engine Connected", controller_log)
+    finally:
+        engines.stop()
+        blocker.close()
