@@ -224,7 +224,7 @@ typedef struct Record {
     GList all_link;      /* in MemoryStore.all (creation order); data = the record */
     GList finished_link; /* in MemoryStore.finished while the record may be culled */
     gboolean in_finished;
-    char *msg_id;
+    char *msg_id;        /* stored right after the record, in the same allocation */
     Stored request;      /* [header, parent, metadata, content, buffers...]; empty until seen */
     Stored reply;        /* same layout; empty until answered */
     char *client_uuid;   /* GRefString (interned: many records share a few uuids) */
@@ -351,10 +351,11 @@ static HerdRecordState record_state(const Record *rec)
 
 static Record *record_new(const char *msg_id)
 {
-    Record *rec = g_new0(Record, 1);
+    gsize id_size = strlen(msg_id) + 1;
+    Record *rec = g_malloc0(sizeof(Record) + id_size); /* the id lives right after it */
     rec->all_link.data = rec;
     rec->finished_link.data = rec;
-    rec->msg_id = g_strdup(msg_id);
+    rec->msg_id = memcpy(rec + 1, msg_id, id_size);
     stored_init(&rec->request);
     stored_init(&rec->reply);
     rec->submitted = rec->started = rec->completed = rec->received = HERD_RECORD_NO_DATE;
@@ -367,7 +368,6 @@ static void record_free(Record *rec)
     stored_clear(&rec->reply);
     ref_string_set(&rec->client_uuid, NULL);
     ref_string_set(&rec->engine_uuid, NULL);
-    g_free(rec->msg_id);
     g_free(rec->resubmitted);
     g_free(rec->execute_input);
     g_free(rec->execute_result);
