@@ -1498,7 +1498,7 @@ int herd_cmd_engine(int argc, char **argv)
         { "executor", 'x', 0, G_OPTION_ARG_STRING, &executor, "echo or shell (default: shell)", "KIND" },
         { "count", 'n', 0, G_OPTION_ARG_INT, &count, "Number of engines in this process (default: 1)", "N" },
         { "id", 0, 0, G_OPTION_ARG_INT, &first_id, "Request engine ids starting at N", "N" },
-        { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &timeout, "Seconds to wait for the registration reply (default: 5)", "S" },
+        { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &timeout, "Seconds to wait for the registration reply, then for the connections (default: 5)", "S" },
         { "wait-for-file", 0, 0, G_OPTION_ARG_DOUBLE, &wait_file, "Seconds to wait for the connection file (default: 10)", "S" },
         { "hb-misses", 0, 0, G_OPTION_ARG_INT, &hb_misses, "Stop after this many silent heartbeat periods; 0 = never (default: 50)", "N" },
         { "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log every step", NULL },
