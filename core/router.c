@@ -240,6 +240,17 @@ static void build_reply(HerdController *ctl, HerdFrames *out, const char *msg_ty
     herd_session_build_node(ctl->session, out, msg_type, parent, metadata, content, NULL);
 }
 
+/* The members that mark a reply as part of a broadcast, as 7.1 engines write them. */
+static void add_broadcast_members(JsonBuilder *b, const Job *job)
+{
+    json_builder_set_member_name(b, "is_broadcast");
+    json_builder_add_boolean_value(b, TRUE);
+    json_builder_set_member_name(b, "is_coalescing");
+    json_builder_add_boolean_value(b, job->coalescing);
+    json_builder_set_member_name(b, "original_msg_id");
+    json_builder_add_string_value(b, job->msg_id);
+}
+
 static JsonNode *engine_error_metadata(const char *uuid, const Sub *sub)
 {
     char date[HERD_ISO_LEN];
@@ -252,14 +263,8 @@ static JsonNode *engine_error_metadata(const char *uuid, const Sub *sub)
     json_builder_add_string_value(b, uuid);
     json_builder_set_member_name(b, "date");
     json_builder_add_string_value(b, date);
-    if (sub) {
-        json_builder_set_member_name(b, "is_broadcast");
-        json_builder_add_boolean_value(b, TRUE);
-        json_builder_set_member_name(b, "is_coalescing");
-        json_builder_add_boolean_value(b, sub->job->coalescing);
-        json_builder_set_member_name(b, "original_msg_id");
-        json_builder_add_string_value(b, sub->job->msg_id);
-    }
+    if (sub)
+        add_broadcast_members(b, sub->job);
     json_builder_end_object(b);
     JsonNode *n = json_builder_get_root(b);
     g_object_unref(b);
@@ -788,12 +793,7 @@ static void fail_broadcast(Channel *ch, Job *job, JsonNode *content)
     HerdController *ctl = ch->ctl;
     JsonBuilder *b = json_builder_new();
     json_builder_begin_object(b);
-    json_builder_set_member_name(b, "is_broadcast");
-    json_builder_add_boolean_value(b, TRUE);
-    json_builder_set_member_name(b, "is_coalescing");
-    json_builder_add_boolean_value(b, job->coalescing);
-    json_builder_set_member_name(b, "original_msg_id");
-    json_builder_add_string_value(b, job->msg_id);
+    add_broadcast_members(b, job);
     if (job->coalescing) {
         json_builder_set_member_name(b, "broadcast_targets");
         json_builder_begin_array(b);
