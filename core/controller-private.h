@@ -129,6 +129,8 @@ struct HerdController {
     void *hb_ping, *hb_pong;
     Channel ch[CH_COUNT];
     GArray *client_outbox;       /* OutMsg (router.c): client-bound, sent at the end of the iteration */
+    GArray *engine_outbox;       /* EngineOut (router.c): requests for engines, sent just before */
+    GString *engine_outbox_text; /* their msg_ids and engine uuids */
     /* hub */
     GHashTable *engines_by_uuid; /* uuid -> Engine (pending and registered) */
     GHashTable *engines_by_id;   /* id -> Engine (registered) */

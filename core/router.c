@@ -205,8 +205,8 @@ static gboolean send_frames(HerdController *ctl, void *sock, HerdFrames *f, cons
 /* Messages for clients wait until the end of the loop iteration and then go out
  * together: libzmq's I/O thread is then woken once for many instead of once for each,
  * and carries them to each client in one batch. A client-bound send needs no answer
- * (a client that left is not an error to act on), so nothing waits for its result;
- * requests for engines are sent at once, whose failures the schedulers handle. */
+ * (a client that left is not an error to act on), so nothing waits for its result.
+ * Requests for engines are gathered the same way (see EngineOut below) and go out first. */
 typedef struct OutMsg {
     void *sock;
     HerdFrames frames;
@@ -220,9 +220,13 @@ static void send_to_client(HerdController *ctl, void *sock, HerdFrames *f, const
     g_array_append_val(ctl->client_outbox, m);
 }
 
-static void flush_client_outbox(gpointer data)
+static void flush_engine_outbox(HerdController *ctl);
+
+/* The end of a loop iteration: requests for engines, then replies for clients. */
+static void flush_outboxes(gpointer data)
 {
     HerdController *ctl = data;
+    flush_engine_outbox(ctl);
     GArray *box = ctl->client_outbox;
     for (guint i = 0; i < box->len; i++) {
         OutMsg *m = &g_array_index(box, OutMsg, i);
@@ -530,8 +534,7 @@ static void defer_engine_error(Channel *ch, const char *key, const char *uuid)
     herd_loop_timer_add(ch->ctl->loop, 0, deferred_error_fire, d);
 }
 
-static gboolean send_to_engine(Channel *ch, Job *job, Engine *e);
-static void resend_later(Channel *ch, const char *msg_id, const char *uuid, int attempt);
+static void send_to_engine(Channel *ch, Job *job, Engine *e, int attempt);
 
 static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
 {
@@ -555,52 +558,10 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
         herd_hub_job_undispatched(ch->ctl, job);
     job->engine = e;
     herd_hub_job_dispatched(ch->ctl, job, e);
-    if (!send_to_engine(ch, job, e))
-        resend_later(ch, job->msg_id, e->uuid, 1);
+    send_to_engine(ch, job, e, 1);
 }
 
 /* Send a plain job's request to engine e: [E, C, M]. */
-/* A MUX request goes to its one engine once, so its own frames are sent rather than
- * copies: a copy shares a frame's data under an atomic reference count, which the loop
- * thread and libzmq's I/O thread would then both write. The job keeps what a reply of its
- * own needs (the client's routing frame and the header, for an EngineError); the other
- * frames of req are left empty. If the engine refuses (not connected yet), the frames go
- * back into req for the next attempt. */
-static gboolean send_mux_request(Channel *ch, Job *job)
-{
-    HerdFrames *req = &job->req;
-    guint header = herd_wire(req, HERD_WIRE_HEADER);
-    HerdFrames out;
-    herd_frames_init(&out);
-    for (guint i = 0; i < req->n; i++) {
-        if (i == 0 || i == header)
-            herd_frames_push_frame_copy(&out, req, i);
-        else
-            herd_frames_push_msg(&out, &req->frames[i]);
-    }
-    herd_frames_swap(&out, 0, 1); /* [C, E, M] -> [E, C, M] */
-    if (try_send_frames(ch->ctl, ch->engine_sock, &out, ch->name))
-        return TRUE;
-    if (out.n == req->n) { /* refused before anything was sent: give the frames back */
-        herd_frames_swap(&out, 0, 1);
-        for (guint i = 0; i < req->n; i++)
-            if (i != 0 && i != header)
-                zmq_msg_move(&req->frames[i], &out.frames[i]);
-    }
-    herd_frames_clear(&out);
-    return FALSE;
-}
-
-static gboolean send_to_engine(Channel *ch, Job *job, Engine *e)
-{
-    if (ch->kind == CH_MUX)
-        return send_mux_request(ch, job);
-    HerdFrames out;
-    herd_frames_copy(&out, &job->req);
-    herd_frames_insert(&out, 0, e->uuid, strlen(e->uuid));
-    return send_frames(ch->ctl, ch->engine_sock, &out, ch->name);
-}
-
 /* An engine registers at its first heartbeat, and a peer's connect completes on its own
  * schedule: a socket of a just-registered engine may not be connected yet (libzmq then
  * refuses the send, ROUTER_MANDATORY). Try again for about five seconds before the job
@@ -615,25 +576,115 @@ typedef struct {
     int attempt;
 } Resend;
 
+/* Requests for engines wait in an outbox until the end of the loop iteration, like
+ * client replies: libzmq's I/O thread then takes a batch per wake-up, and so do the
+ * engines. The outbox goes out before the client replies, so that an engine that just
+ * answered gets its next task first. A refused request (its engine's socket is not
+ * connected yet) is sent again later; the job is found again by its msg_id, kept in the
+ * outbox's text. */
+typedef struct EngineOut {
+    Channel *ch;
+    HerdFrames frames; /* [E, C, DELIM, ...] */
+    gsize msg_id_at;   /* offsets in ctl->engine_outbox_text */
+    gsize uuid_at;
+    int attempt;       /* 1 for the first send */
+    gboolean lent;     /* MUX: the job's own frames, to give back on a refusal */
+} EngineOut;
+
+/* A MUX request goes to its one engine once, so its own frames are sent rather than
+ * copies: a copy shares a frame's data under an atomic reference count, which the loop
+ * thread and libzmq's I/O thread would then both write. The job keeps what a reply of its
+ * own needs (the client's routing frame and the header, for an EngineError); the other
+ * frames of req are left empty until a refusal gives them back. */
+static void lend_mux_request(Job *job, HerdFrames *out)
+{
+    HerdFrames *req = &job->req;
+    guint header = herd_wire(req, HERD_WIRE_HEADER);
+    herd_frames_init(out);
+    for (guint i = 0; i < req->n; i++) {
+        if (i == 0 || i == header)
+            herd_frames_push_frame_copy(out, req, i);
+        else
+            herd_frames_push_msg(out, &req->frames[i]);
+    }
+    herd_frames_swap(out, 0, 1); /* [C, E, M] -> [E, C, M] */
+}
+
+static void give_back_mux_request(Job *job, HerdFrames *out)
+{
+    HerdFrames *req = &job->req;
+    guint header = herd_wire(req, HERD_WIRE_HEADER);
+    herd_frames_swap(out, 0, 1);
+    for (guint i = 0; i < req->n && i < out->n; i++)
+        if (i != 0 && i != header)
+            zmq_msg_move(&req->frames[i], &out->frames[i]);
+}
+
+static void send_to_engine(Channel *ch, Job *job, Engine *e, int attempt)
+{
+    HerdController *ctl = ch->ctl;
+    EngineOut m = { .ch = ch, .attempt = attempt, .lent = ch->kind == CH_MUX };
+    if (m.lent) {
+        lend_mux_request(job, &m.frames);
+    } else {
+        herd_frames_copy(&m.frames, &job->req);
+        herd_frames_insert(&m.frames, 0, e->uuid, strlen(e->uuid));
+    }
+    GString *text = ctl->engine_outbox_text;
+    m.msg_id_at = text->len;
+    g_string_append_len(text, job->msg_id, (gssize)strlen(job->msg_id) + 1);
+    m.uuid_at = text->len;
+    g_string_append_len(text, e->uuid, (gssize)strlen(e->uuid) + 1);
+    g_array_append_val(ctl->engine_outbox, m);
+}
+
+static void resend_later(Channel *ch, const char *msg_id, const char *uuid, int attempt);
+static void defer_engine_error(Channel *ch, const char *key, const char *uuid);
+
+/* The engine refused m: its frames as they were (intact), or cleared if it failed midway. */
+static void engine_refused(EngineOut *m, const char *msg_id, const char *uuid, gboolean intact)
+{
+    Channel *ch = m->ch;
+    Job *job = ch->jobs ? g_hash_table_lookup(ch->jobs, msg_id) : NULL;
+    if (job && m->lent && intact)
+        give_back_mux_request(job, &m->frames);
+    herd_frames_clear(&m->frames);
+    /* gone, answered, moved elsewhere, or its engine unregistered meanwhile: nothing to do */
+    if (!job || !job->engine || g_strcmp0(job->engine->uuid, uuid) != 0 || !ch->sched)
+        return;
+    if (m->attempt < RESEND_ATTEMPTS && intact) {
+        resend_later(ch, msg_id, uuid, m->attempt + 1);
+        return;
+    }
+    g_warning("%s: engine %d (%s) unreachable for %s", ch->name, job->engine->pub.id, uuid, msg_id);
+    herd_hub_job_undispatched(ch->ctl, job);
+    job->engine = NULL;
+    defer_engine_error(ch, msg_id, uuid);
+}
+
+static void flush_engine_outbox(HerdController *ctl)
+{
+    GArray *box = ctl->engine_outbox;
+    for (guint i = 0; i < box->len; i++) {
+        EngineOut *m = &g_array_index(box, EngineOut, i);
+        const char *msg_id = ctl->engine_outbox_text->str + m->msg_id_at;
+        const char *uuid = ctl->engine_outbox_text->str + m->uuid_at;
+        guint n = m->frames.n;
+        if (!try_send_frames(ctl, m->ch->engine_sock, &m->frames, m->ch->name))
+            engine_refused(m, msg_id, uuid, m->frames.n == n);
+    }
+    g_array_set_size(box, 0);
+    g_string_truncate(ctl->engine_outbox_text, 0);
+}
+
 static void resend_fire(gpointer p)
 {
     Resend *r = p;
     Channel *ch = r->ch;
     Job *job = g_hash_table_lookup(ch->jobs, r->msg_id);
     /* gone, answered, moved elsewhere, or its engine unregistered meanwhile: nothing to do */
-    if (job && job->engine && g_strcmp0(job->engine->uuid, r->uuid) == 0 && ch->sched) {
-        if (!send_to_engine(ch, job, job->engine)) {
-            if (r->attempt < RESEND_ATTEMPTS) {
-                resend_later(ch, r->msg_id, r->uuid, r->attempt + 1);
-            } else {
-                g_warning("%s: engine %d (%s) unreachable for %s", ch->name, job->engine->pub.id, r->uuid,
-                          job->msg_id);
-                herd_hub_job_undispatched(ch->ctl, job);
-                job->engine = NULL;
-                defer_engine_error(ch, job->msg_id, r->uuid);
-            }
-        }
-    }
+    if (job && job->engine && g_strcmp0(job->engine->uuid, r->uuid) == 0 && ch->sched)
+        send_to_engine(ch, job, job->engine, r->attempt);
     g_free(r->msg_id);
     g_free(r->uuid);
     g_free(r);
@@ -1287,7 +1338,9 @@ gboolean herd_router_bind_all(HerdController *ctl, GError **err)
     ep->broadcast = ep->broadcast_engine[0];
 
     ctl->client_outbox = g_array_new(FALSE, FALSE, sizeof(OutMsg));
-    herd_loop_set_flush(ctl->loop, flush_client_outbox, ctl);
+    ctl->engine_outbox = g_array_new(FALSE, FALSE, sizeof(EngineOut));
+    ctl->engine_outbox_text = g_string_new(NULL);
+    herd_loop_set_flush(ctl->loop, flush_outboxes, ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         herd_loop_add_socket(ctl->loop, ch->client_sock, on_client_sock, ch);
@@ -1340,9 +1393,9 @@ static void close_sock(void **s)
     }
 }
 
-/* Free the outbox; what is still in it (made while the schedulers were destroyed) is
+/* Free the outboxes; what is still in them (made while the schedulers were destroyed) is
  * dropped with the sockets. */
-static void free_client_outbox(HerdController *ctl)
+static void free_outboxes(HerdController *ctl)
 {
     if (!ctl->client_outbox)
         return;
@@ -1350,12 +1403,18 @@ static void free_client_outbox(HerdController *ctl)
         herd_frames_clear(&g_array_index(ctl->client_outbox, OutMsg, i).frames);
     g_array_free(ctl->client_outbox, TRUE);
     ctl->client_outbox = NULL;
+    for (guint i = 0; i < ctl->engine_outbox->len; i++)
+        herd_frames_clear(&g_array_index(ctl->engine_outbox, EngineOut, i).frames);
+    g_array_free(ctl->engine_outbox, TRUE);
+    ctl->engine_outbox = NULL;
+    g_string_free(ctl->engine_outbox_text, TRUE);
+    ctl->engine_outbox_text = NULL;
 }
 
 void herd_router_close(HerdController *ctl)
 {
     if (ctl->client_outbox)
-        flush_client_outbox(ctl);
+        flush_outboxes(ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         if (ch->ops && ch->sched)
@@ -1383,7 +1442,7 @@ void herd_router_close(HerdController *ctl)
         ch->plugin = NULL;
         ch->ops = NULL;
     }
-    free_client_outbox(ctl);
+    free_outboxes(ctl);
     close_sock(&ctl->registration);
     close_sock(&ctl->notification);
     close_sock(&ctl->iopub_in);
