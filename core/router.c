@@ -223,16 +223,21 @@ static void send_to_client(HerdController *ctl, void *sock, HerdFrames *f, const
 static void flush_engine_outbox(HerdController *ctl);
 
 /* The end of a loop iteration: requests for engines, then replies for clients. */
-static void flush_outboxes(gpointer data)
+static void flush_client_outbox(HerdController *ctl)
 {
-    HerdController *ctl = data;
-    flush_engine_outbox(ctl);
     GArray *box = ctl->client_outbox;
     for (guint i = 0; i < box->len; i++) {
         OutMsg *m = &g_array_index(box, OutMsg, i);
         send_frames(ctl, m->sock, &m->frames, m->what);
     }
     g_array_set_size(box, 0);
+}
+
+static void flush_outboxes(gpointer data)
+{
+    HerdController *ctl = data;
+    flush_engine_outbox(ctl);
+    flush_client_outbox(ctl);
 }
 
 /* ---------------------------------------------------------------- building messages */
@@ -587,6 +592,7 @@ typedef struct EngineOut {
     HerdFrames frames; /* [E, C, DELIM, ...] */
     gsize msg_id_at;   /* offsets in ctl->engine_outbox_text */
     gsize uuid_at;
+    guint64 job_seq;   /* the job's number: a msg_id may be reused once its job is done */
     int attempt;       /* 1 for the first send */
     gboolean lent;     /* MUX: the job's own frames, to give back on a refusal */
 } EngineOut;
@@ -623,7 +629,7 @@ static void give_back_mux_request(Job *job, HerdFrames *out)
 static void send_to_engine(Channel *ch, Job *job, Engine *e, int attempt)
 {
     HerdController *ctl = ch->ctl;
-    EngineOut m = { .ch = ch, .attempt = attempt, .lent = ch->kind == CH_MUX };
+    EngineOut m = { .ch = ch, .job_seq = job->seq, .attempt = attempt, .lent = ch->kind == CH_MUX };
     if (m.lent) {
         lend_mux_request(job, &m.frames);
     } else {
@@ -646,6 +652,8 @@ static void engine_refused(EngineOut *m, const char *msg_id, const char *uuid, g
 {
     Channel *ch = m->ch;
     Job *job = ch->jobs ? g_hash_table_lookup(ch->jobs, msg_id) : NULL;
+    if (job && job->seq != m->job_seq)
+        job = NULL; /* a later request that reuses the msg_id */
     if (job && m->lent && intact)
         give_back_mux_request(job, &m->frames);
     herd_frames_clear(&m->frames);
@@ -1413,8 +1421,10 @@ static void free_outboxes(HerdController *ctl)
 
 void herd_router_close(HerdController *ctl)
 {
+    /* the replies go out; requests for engines are dropped with the sockets (a refused one
+     * would only schedule a resend that never comes) */
     if (ctl->client_outbox)
-        flush_outboxes(ctl);
+        flush_client_outbox(ctl);
     for (int k = 0; k < CH_COUNT; k++) {
         Channel *ch = &ctl->ch[k];
         if (ch->ops && ch->sched)
