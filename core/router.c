@@ -222,7 +222,6 @@ static void send_to_client(HerdController *ctl, void *sock, HerdFrames *f, const
 
 static void flush_engine_outbox(HerdController *ctl);
 
-/* The end of a loop iteration: requests for engines, then replies for clients. */
 static void flush_client_outbox(HerdController *ctl)
 {
     GArray *box = ctl->client_outbox;
@@ -233,6 +232,7 @@ static void flush_client_outbox(HerdController *ctl)
     g_array_set_size(box, 0);
 }
 
+/* The end of a loop iteration: requests for engines, then replies for clients. */
 static void flush_outboxes(gpointer data)
 {
     HerdController *ctl = data;
@@ -566,7 +566,6 @@ static void host_dispatch(HerdSchedHost *host, HerdJob *hj, HerdEngine *he)
     send_to_engine(ch, job, e, 1);
 }
 
-/* Send a plain job's request to engine e: [E, C, M]. */
 /* An engine registers at its first heartbeat, and a peer's connect completes on its own
  * schedule: a socket of a just-registered engine may not be connected yet (libzmq then
  * refuses the send, ROUTER_MANDATORY). Try again for about five seconds before the job
@@ -626,6 +625,7 @@ static void give_back_mux_request(Job *job, HerdFrames *out)
             zmq_msg_move(&req->frames[i], &out->frames[i]);
 }
 
+/* Queue a plain job's request for engine e, [E, C, M]; attempt counts its sends. */
 static void send_to_engine(Channel *ch, Job *job, Engine *e, int attempt)
 {
     HerdController *ctl = ch->ctl;
@@ -647,18 +647,25 @@ static void send_to_engine(Channel *ch, Job *job, Engine *e, int attempt)
 static void resend_later(Channel *ch, const char *msg_id, const char *uuid, int attempt);
 static void defer_engine_error(Channel *ch, const char *key, const char *uuid);
 
+/* Job msg_id while it is still dispatched to engine uuid: NULL once it was answered,
+ * failed or moved, or its engine unregistered, or the schedulers are gone. */
+static Job *job_still_on(Channel *ch, const char *msg_id, const char *uuid)
+{
+    Job *job = ch->jobs ? g_hash_table_lookup(ch->jobs, msg_id) : NULL;
+    return job && job->engine && g_strcmp0(job->engine->uuid, uuid) == 0 && ch->sched ? job : NULL;
+}
+
 /* The engine refused m: its frames as they were (intact), or cleared if it failed midway. */
 static void engine_refused(EngineOut *m, const char *msg_id, const char *uuid, gboolean intact)
 {
     Channel *ch = m->ch;
-    Job *job = ch->jobs ? g_hash_table_lookup(ch->jobs, msg_id) : NULL;
+    Job *job = job_still_on(ch, msg_id, uuid);
     if (job && job->seq != m->job_seq)
         job = NULL; /* a later request that reuses the msg_id */
     if (job && m->lent && intact)
         give_back_mux_request(job, &m->frames);
     herd_frames_clear(&m->frames);
-    /* gone, answered, moved elsewhere, or its engine unregistered meanwhile: nothing to do */
-    if (!job || !job->engine || g_strcmp0(job->engine->uuid, uuid) != 0 || !ch->sched)
+    if (!job)
         return;
     if (m->attempt < RESEND_ATTEMPTS && intact) {
         resend_later(ch, msg_id, uuid, m->attempt + 1);
@@ -689,9 +696,8 @@ static void resend_fire(gpointer p)
 {
     Resend *r = p;
     Channel *ch = r->ch;
-    Job *job = g_hash_table_lookup(ch->jobs, r->msg_id);
-    /* gone, answered, moved elsewhere, or its engine unregistered meanwhile: nothing to do */
-    if (job && job->engine && g_strcmp0(job->engine->uuid, r->uuid) == 0 && ch->sched)
+    Job *job = job_still_on(ch, r->msg_id, r->uuid);
+    if (job)
         send_to_engine(ch, job, job->engine, r->attempt);
     g_free(r->msg_id);
     g_free(r->uuid);
