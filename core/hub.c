@@ -758,7 +758,7 @@ void herd_hub_job_forget(HerdController *ctl, Job *job)
 void herd_hub_job_finished(HerdController *ctl, Job *job, const HerdFrames *reply, Engine *e, const char *status,
                            const struct HerdMsgFields *fields)
 {
-    set_unassigned(ctl, job, FALSE);
+    /* it leaves the unassigned set in herd_hub_job_forget, when the router frees it */
     /* aborted tasks are not counted as completed, aborted MUX requests are (as in 7.1) */
     if (e && !(job->ch->kind == CH_TASK && g_strcmp0(status, "aborted") == 0)) {
         e->n_completed++;
