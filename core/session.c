@@ -64,6 +64,17 @@ static void hmac_free(Hmac *h)
     g_free(h);
 }
 
+/* c := SHA-256 after the 64-byte block key ^ pad (RFC 2104's ipad 0x36 or opad 0x5c). */
+static void hmac_absorb_pad(SHA256_CTX *c, const unsigned char key_block[SHA256_CBLOCK], unsigned char pad)
+{
+    unsigned char block[SHA256_CBLOCK];
+    for (gsize i = 0; i < sizeof block; i++)
+        block[i] = key_block[i] ^ pad;
+    SHA256_Init(c);
+    SHA256_Update(c, block, sizeof block);
+    sodium_memzero(block, sizeof block);
+}
+
 static Hmac *hmac_new(const char *key, gsize key_len)
 {
     unsigned char block[SHA256_CBLOCK] = { 0 };
@@ -72,16 +83,8 @@ static Hmac *hmac_new(const char *key, gsize key_len)
     else
         memcpy(block, key, key_len);
     Hmac *h = g_new0(Hmac, 1);
-    unsigned char pad[SHA256_CBLOCK];
-    for (gsize i = 0; i < sizeof pad; i++)
-        pad[i] = block[i] ^ 0x36;
-    SHA256_Init(&h->inner);
-    SHA256_Update(&h->inner, pad, sizeof pad);
-    for (gsize i = 0; i < sizeof pad; i++)
-        pad[i] = block[i] ^ 0x5c;
-    SHA256_Init(&h->outer);
-    SHA256_Update(&h->outer, pad, sizeof pad);
-    sodium_memzero(pad, sizeof pad);
+    hmac_absorb_pad(&h->inner, block, 0x36);
+    hmac_absorb_pad(&h->outer, block, 0x5c);
     sodium_memzero(block, sizeof block);
     return h;
 }
