@@ -52,7 +52,8 @@ void herd_loop_remove_watch(HerdLoop *loop, HerdWatch *watch);
 void herd_loop_recheck(HerdLoop *loop, HerdWatch *watch);
 /* fn runs at the end of every iteration, after the sockets and timers were served and
  * before the loop waits again: for work gathered over an iteration and done at once
- * (herdd sends its replies to clients then, so that libzmq carries them in batches).
+ * (herdd sends its requests for engines and its replies to clients then, so that
+ * libzmq carries them in batches).
  * One hook per loop; NULL removes it. */
 void herd_loop_set_flush(HerdLoop *loop, HerdFlushFn fn, gpointer data);
 /* One-shot timer; returns an id > 0. */
